@@ -1,0 +1,3 @@
+"""indimail-mta: a qmail-compatible MTA in Python."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from indimail.cli import main
+
+sys.exit(main())

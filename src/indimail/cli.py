@@ -1,0 +1,121 @@
+"""Multicall entry point: one binary, one name per command.
+
+The command is chosen by ``basename(argv[0])`` (packaging installs one
+symlink per command) or by ``indimail COMMAND ARGS...``.  The table maps
+each name to the module implementing it; modules are imported only when
+their command runs, so a light command starts fast.
+
+Every command module provides ``main(argv: list[str]) -> int``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from indimail.core.errors import EXIT_TEMP, Fatal
+
+# command name -> (module, exit code for an unexpected internal error)
+COMMANDS: dict[str, tuple[str, int]] = {
+    # cdb
+    "cdbmake": ("indimail.core.cdb_tools", EXIT_TEMP),
+    "cdbget": ("indimail.core.cdb_tools", EXIT_TEMP),
+    "cdbdump": ("indimail.core.cdb_tools", EXIT_TEMP),
+    "cdbtest": ("indimail.core.cdb_tools", EXIT_TEMP),
+    "cdbstats": ("indimail.core.cdb_tools", EXIT_TEMP),
+    # queue
+    "qmail-queue": ("indimail.queue.qmail_queue", 81),
+    "qmail-multi": ("indimail.queue.qmail_multi", 81),
+    "queue-fix": ("indimail.queue.queue_fix", EXIT_TEMP),
+    "qmail-qread": ("indimail.queue.qmail_qread", EXIT_TEMP),
+    "qmail-qstat": ("indimail.queue.qmail_qstat", EXIT_TEMP),
+    "mailq": ("indimail.queue.qmail_qread", EXIT_TEMP),
+    # injection
+    "qmail-inject": ("indimail.smtpd.qmail_inject", EXIT_TEMP),
+    "sendmail": ("indimail.smtpd.sendmail", EXIT_TEMP),
+    # administration
+    "qmail-showctl": ("indimail.admin.qmail_showctl", EXIT_TEMP),
+    "indimail-instance": ("indimail.admin.instance", EXIT_TEMP),
+}
+
+
+def _usage() -> str:
+    return "usage: indimail COMMAND [ARGS...] | indimail --list"
+
+
+def run(name: str, argv: list[str]) -> int:
+    """Run command ``name`` with ``argv`` (``argv[0]`` is the name)."""
+    entry = COMMANDS.get(name)
+    if entry is None:
+        sys.stderr.write(f"indimail: unknown command: {name}\n{_usage()}\n")
+        return 100
+    module_name, internal_code = entry
+    try:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        return int(module.main([name, *argv[1:]]) or 0)
+    except Fatal as exc:
+        _flush_quietly()
+        sys.stderr.write(f"{name}: {exc.message}\n")
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_TEMP
+    except BrokenPipeError:
+        # Reader went away (qmail-qread | head): not an error worth a word.
+        _silence_stdout()
+        return 0
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        sys.stderr.write(f"{name}: {code}\n")
+        return 100
+    except Exception as exc:
+        _flush_quietly()
+        sys.stderr.write(f"{name}: internal error: {type(exc).__name__}: {exc}\n")
+        return internal_code
+
+
+def _flush_quietly() -> None:
+    try:
+        sys.stdout.flush()
+    except Exception:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch on argv[0] or on the first argument."""
+    if argv is None:
+        argv = sys.argv
+    name = os.path.basename(argv[0]) if argv else "indimail"
+    if name in COMMANDS:
+        code = run(name, argv)
+    elif len(argv) < 2:
+        sys.stderr.write(_usage() + "\n")
+        code = 100
+    elif argv[1] in ("--list", "-l"):
+        sys.stdout.write("".join(f"{cmd}\n" for cmd in sorted(COMMANDS)))
+        code = 0
+    elif argv[1] in ("--help", "-h"):
+        sys.stdout.write(_usage() + "\n")
+        code = 0
+    else:
+        code = run(argv[1], argv[1:])
+    _flush_quietly()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

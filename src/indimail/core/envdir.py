@@ -1,0 +1,79 @@
+"""Reading envdir directories (daemontools semantics) and ``defaultqueue``.
+
+File ``NAME`` sets ``NAME`` to its first line (trailing blanks and tabs
+removed, NUL becomes newline); an empty file unsets ``NAME``.  Dot files are
+skipped.  ``envdir`` the command and the injection tools share this code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+
+from indimail.core.errors import Fatal
+
+MAX_VALUE = 256  # envdir reads at most this much of a file
+
+
+def read_envdir(directory: Path) -> dict[str, str | None]:
+    """NAME -> value (None = unset) for each file in ``directory``."""
+    result: dict[str, str | None] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise Fatal(111, f"unable to read envdir {directory}: {exc.strerror}") from None
+    for name in names:
+        if name.startswith("."):
+            continue
+        if "=" in name:
+            raise Fatal(111, f"{directory}/{name}: invalid name for an environment variable")
+        path = directory / name
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_VALUE)
+        except IsADirectoryError:
+            continue
+        except OSError as exc:
+            raise Fatal(111, f"unable to read {path}: {exc.strerror}") from None
+        if not data:
+            result[name] = None
+            continue
+        first = data.split(b"\n", 1)[0].rstrip(b" \t").replace(b"\0", b"\n")
+        result[name] = first.decode("utf-8", "surrogateescape")
+    return result
+
+
+def apply_envdir(directory: Path, environ: MutableMapping[str, str]) -> None:
+    """Set/unset variables of ``directory`` in ``environ``."""
+    for name, value in read_envdir(directory).items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+
+
+def apply_defaultqueue(
+    controldir: Path, environ: MutableMapping[str, str] | None = None, root_rc: bool = True
+) -> bool:
+    """Apply ``$HOME/.defaultqueue/`` then ``CONTROLDIR/defaultqueue/``.
+
+    As the original: the user's dir unless SKIP_LOCAL_ENVIRONMENT (for root
+    only when ``root_rc``), the control one only if QUEUE_BASE is still
+    unset.  Returns True if anything was applied (paths must be reloaded).
+    """
+    if environ is None:
+        environ = os.environ
+    applied = False
+    home = environ.get("HOME")
+    if not environ.get("SKIP_LOCAL_ENVIRONMENT") and home and (os.getuid() != 0 or root_rc):
+        local = Path(home) / ".defaultqueue"
+        if os.access(local, os.X_OK) and local.is_dir():
+            apply_envdir(local, environ)
+            applied = True
+    if not environ.get("QUEUE_BASE"):
+        system = controldir / "defaultqueue"
+        if system.is_dir():
+            apply_envdir(system, environ)
+            applied = True
+    return applied

@@ -1,0 +1,37 @@
+"""Errors that end a command with a one-line message and a qmail exit code.
+
+qmail programs report trouble by exit status (0 ok, 100 permanent, 111
+temporary; qmail-queue has its own table).  Commands raise :class:`Fatal`
+and the dispatcher in :mod:`indimail.cli` turns it into ``prog: text`` on
+stderr plus the code, so no traceback ever reaches an admin or a peer.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PERM = 100
+EXIT_TEMP = 111
+
+
+class Fatal(Exception):
+    """Stop the command: print ``prog: message`` and exit with ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UsageError(Fatal):
+    """Bad option or argument; qmail-style commands exit 100."""
+
+    def __init__(self, message: str, code: int = EXIT_PERM) -> None:
+        super().__init__(code, message)
+
+
+def describe_oserror(exc: OSError) -> str:
+    """``path: reason`` for an OSError, as an admin wants to read it."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason

@@ -1,0 +1,96 @@
+"""The on-disk queue of the original: names, split directories, modes.
+
+One queue is one directory (``QUEUE_BASE/queue<n>``).  A message is named by
+the inode of its ``mess/`` file; split directories are ``inode % split``.
+``todo/`` and ``intd/`` are split only with BIGTODO=1 (we default to 0, as
+installed systems run).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# (name, split?, dir mode, owner role, group role); split None = BIGTODO decides.
+QUEUE_DIRS: tuple[tuple[str, bool | None, int, str], ...] = (
+    ("pid", False, 0o700, "qmailq"),
+    ("mess", True, 0o750, "qmailq"),
+    ("intd", None, 0o700, "qmailq"),
+    ("todo", None, 0o750, "qmailq"),
+    ("info", True, 0o700, "qmails"),
+    ("local", True, 0o700, "qmails"),
+    ("remote", True, 0o700, "qmails"),
+    ("bounce", False, 0o700, "qmails"),
+    ("lock", False, 0o750, "qmailq"),
+)
+QUEUE_ROOT_MODE = 0o750
+SENDMUTEX_MODE = 0o600
+TCPTO_MODE = 0o644
+TCPTO_SIZE = 2048
+TRIGGER_MODE = 0o622
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Geometry of one queue directory."""
+
+    root: Path
+    split: int = 151
+    bigtodo: int = 0
+
+    def is_split(self, subdir: str) -> bool:
+        for name, split, _mode, _owner in QUEUE_DIRS:
+            if name == subdir:
+                return bool(self.bigtodo) if split is None else split
+        return False
+
+    def rel(self, subdir: str, inode: int) -> str:
+        """``subdir/<inode%split>/<inode>`` or ``subdir/<inode>``."""
+        if self.is_split(subdir):
+            return f"{subdir}/{inode % self.split}/{inode}"
+        return f"{subdir}/{inode}"
+
+    def path(self, subdir: str, inode: int) -> Path:
+        return self.root / self.rel(subdir, inode)
+
+    def subdirs(self, subdir: str) -> list[Path]:
+        """The directories holding files of ``subdir`` (all split parts)."""
+        base = self.root / subdir
+        if self.is_split(subdir):
+            return [base / str(i) for i in range(self.split)]
+        return [base]
+
+    def entries(self, subdir: str) -> list[int]:
+        """Inode numbers present in ``subdir`` (non-numeric names skipped)."""
+        found = []
+        for d in self.subdirs(subdir):
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.isdigit():
+                    found.append(int(name))
+        return found
+
+    @property
+    def trigger(self) -> Path:
+        return self.root / "lock" / "trigger"
+
+
+def layout_for(
+    root: Path,
+    environ: dict[str, str] | os._Environ[str] | None = None,
+    split: int | None = None,
+    bigtodo: int | None = None,
+) -> Layout:
+    """Layout for ``root`` honouring CONFSPLIT/BIGTODO from the paths object."""
+    from indimail.core import paths
+
+    p = paths.get()
+    return Layout(
+        root=root,
+        split=split if split is not None else p.conf_split,
+        bigtodo=bigtodo if bigtodo is not None else p.bigtodo,
+    )

@@ -1,0 +1,531 @@
+"""qmail-queue: put one message into one queue, durably.
+
+Interface of the original: message on fd 0, envelope on fd 1
+(``F<sender>\\0T<rcpt>\\0...\\0``), exit code from :mod:`codes`.  The write
+order is the original's and is what makes a kill -9 at any moment safe:
+
+1. create ``pid/<pid>.<time>.<seq>`` exclusively; its inode names the message;
+2. link it to ``mess/<inode%split>/<inode>``, unlink the pid file;
+3. write the Received line and the message to mess;
+4. create ``intd/<inode>`` exclusively and write the envelope;
+5. fsync mess and intd (always: durability is not optional here);
+6. link ``intd/<inode>`` to ``todo/<inode>``: the commit point;
+7. fsync todo's directory entry, then poke ``lock/trigger``.
+
+Anything before step 6 leaves no ``todo/`` entry; leftovers in ``pid/``,
+``mess/`` and ``intd/`` are cleaned by queue-fix / qmail-clean.
+
+:func:`enqueue` is the in-process form that our own injectors (sendmail,
+qmail-smtpd) call without starting a program.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from indimail.core import paths as _paths
+from indimail.core.dates import date822fmt
+from indimail.queue import codes
+from indimail.queue.layout import Layout
+
+ADDR = 1003  # longest address + NUL the original accepts
+DEATH = 86400
+CHUNK = 65536
+
+
+class QueueError(Exception):
+    """Enqueueing failed: exit ``code`` of qmail-queue plus a reason for logs."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Sender and recipients as bytes, without the record letters."""
+
+    sender: bytes
+    recipients: tuple[bytes, ...]
+
+    def check(self) -> None:
+        for addr in (self.sender, *self.recipients):
+            if len(addr) >= ADDR:
+                raise QueueError(codes.ENVELOPE_TOO_LONG, "envelope address too long")
+            if b"\0" in addr:
+                raise QueueError(codes.ENVELOPE_FMT_ERR, "envelope format error: NUL in address")
+
+
+def parse_envelope(data: bytes) -> Envelope:
+    """Parse the bytes qmail-queue reads on fd 1.
+
+    ``data`` must hold the whole envelope including the final extra NUL;
+    trailing bytes after it are ignored, as the original stops reading there.
+    """
+    if not data:
+        raise QueueError(codes.READ_ERR, "trouble reading envelope: empty")
+    if data[:1] != b"F":
+        raise QueueError(codes.ENVELOPE_FMT_ERR, "envelope format error: sender record missing")
+    pos = 1
+    sender, pos = _field(data, pos)
+    recipients = []
+    while True:
+        if pos >= len(data):
+            raise QueueError(codes.READ_ERR, "trouble reading envelope: unterminated")
+        letter = data[pos : pos + 1]
+        if letter == b"\0":
+            break
+        if letter != b"T":
+            raise QueueError(
+                codes.ENVELOPE_FMT_ERR, f"envelope format error: record {letter!r} at byte {pos}"
+            )
+        addr, pos = _field(data, pos + 1)
+        recipients.append(addr)
+    return Envelope(sender, tuple(recipients))
+
+
+def _field(data: bytes, start: int) -> tuple[bytes, int]:
+    end = data.find(b"\0", start, start + ADDR)
+    if end == -1:
+        if len(data) - start >= ADDR:
+            raise QueueError(codes.ENVELOPE_TOO_LONG, "envelope address too long")
+        raise QueueError(codes.READ_ERR, "trouble reading envelope: unterminated address")
+    return data[start:end], end + 1
+
+
+def read_envelope(fd: int, limit: int = 64 * 1024 * 1024) -> Envelope:
+    """Read fd until the envelope's closing NUL (bounded by ``limit`` bytes)."""
+    buf = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except OSError as exc:
+            raise QueueError(codes.READ_ERR, f"trouble reading envelope: {exc.strerror}") from None
+        if not chunk:
+            return parse_envelope(bytes(buf))
+        buf += chunk
+        if _envelope_complete(buf):
+            return parse_envelope(bytes(buf))
+        if len(buf) > limit:
+            raise QueueError(codes.ENVELOPE_FMT_ERR, "envelope format error: too large")
+
+
+def _envelope_complete(buf: bytearray) -> bool:
+    # Complete when a NUL stands where a record letter is expected.
+    pos = 0
+    n = len(buf)
+    first = True
+    while pos < n:
+        if not first and buf[pos] == 0:
+            return True
+        first = False
+        end = buf.find(b"\0", pos + 1)
+        if end == -1:
+            return False
+        pos = end + 1
+    return False
+
+
+def envelope_bytes(sender: bytes, recipients: Iterable[bytes]) -> bytes:
+    """The fd-1 form of an envelope, as an injector writes it."""
+    out = bytearray(b"F" + sender + b"\0")
+    for rcpt in recipients:
+        out += b"T" + rcpt + b"\0"
+    out += b"\0"
+    return bytes(out)
+
+
+def received_line(
+    pid: int,
+    uid: int,
+    environ: dict[str, str] | os._Environ[str],
+    remote_ip: str | None = None,
+    when: float | None = None,
+) -> bytes:
+    """The Received line qmail-queue prepends (HIDE_HOST honoured)."""
+    hide = bool(environ.get("HIDE_HOST"))
+    parts = [f"Received: indimail-mta queue {pid}"]
+    if not hide:
+        host = environ.get("HOSTNAME") or socket.gethostname() or "unknown"
+        parts.append(f" by host {host}\n ")
+    role = _role_of_uid(uid)
+    if role == "alias":
+        parts.append("(invoked by alias")
+    elif role == "qmails":
+        parts.append("(invoked for bounce")
+    else:
+        parts.append("(invoked ")
+        ip = remote_ip if remote_ip is not None else environ.get("TCPREMOTEIP")
+        if ip:
+            parts.append("from network")
+            if not hide:
+                parts.append(" " + ip)
+            parts.append(", ")
+        parts.append(f"by uid {uid}")
+    parts.append(f"); {date822fmt(when)}\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _role_of_uid(uid: int) -> str | None:
+    """``alias``/``qmails`` if uid is that role's and not also the queue owner's."""
+    import pwd
+
+    p = _paths.get()
+    try:
+        owner = pwd.getpwnam(p.user("qmailq")).pw_uid
+    except KeyError:
+        owner = None
+    for role in ("alias", "qmails"):
+        try:
+            if pwd.getpwnam(p.user(role)).pw_uid == uid and uid != owner:
+                return role
+        except KeyError:
+            continue
+    return None
+
+
+def _open_excl(path: Path, mode: int = 0o644) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _sync(fd: int, datasync: bool) -> None:
+    if datasync:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)
+
+
+def fsync_mode(environ: dict[str, str] | os._Environ[str]) -> bool:
+    """True for fdatasync (USE_FDATASYNC non-empty and not 0); we always sync."""
+    v = environ.get("USE_FDATASYNC", "")
+    return bool(v) and v != "0"
+
+
+def enqueue(
+    layout: Layout,
+    message: BinaryIO | bytes | int,
+    envelope: Envelope | Callable[[], Envelope],
+    *,
+    pid: int | None = None,
+    uid: int | None = None,
+    environ: dict[str, str] | os._Environ[str] | None = None,
+    received: bytes | None = None,
+    qqeh: str | None = None,
+) -> int:
+    """Queue one message; return its inode.  Raises :class:`QueueError`.
+
+    ``message`` is bytes, a binary file, or a file descriptor to copy from.
+    ``envelope`` may be a callable, read after the message is written (the
+    command's order: fd 0 first, then fd 1).
+    """
+    if environ is None:
+        environ = os.environ
+    pid = os.getpid() if pid is None else pid
+    uid = os.getuid() if uid is None else uid
+    if isinstance(envelope, Envelope):
+        envelope.check()
+    if received is None:
+        received = received_line(pid, uid, environ)
+    if qqeh is None and not environ.get("FASTQUEUE"):
+        qqeh = environ.get("QQEH") or None
+    datasync = fsync_mode(environ)
+    root = layout.root
+    if not root.is_dir():
+        raise QueueError(codes.CHDIR, f"trouble doing cd to queue directory {root}")
+
+    old_umask = os.umask(0o033)
+    lockfd = _enqueue_lock(layout)
+    messfd = intdfd = -1
+    messfn: Path | None = None
+    intdfn: Path | None = None
+    try:
+        # 1. pid file: its inode becomes the message number.
+        start = int(time.time())
+        pidfn = None
+        for seq in range(1, 10):
+            candidate = root / "pid" / f"{pid}.{start}.{seq}"
+            try:
+                messfd = _open_excl(candidate)
+                pidfn = candidate
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise QueueError(
+                    codes.PID_FILE, f"trouble creating pid file {candidate}: {exc.strerror}"
+                ) from None
+        if pidfn is None:
+            raise QueueError(
+                codes.PID_FILE, "trouble creating pid file: all sequence numbers taken"
+            )
+        inode = os.fstat(messfd).st_ino
+        messfn = layout.path("mess", inode)
+        intdfn = layout.path("intd", inode)
+        todofn = layout.path("todo", inode)
+        # 2. name the message by its inode.
+        try:
+            os.link(pidfn, messfn)
+        except OSError as exc:
+            _unlink(pidfn)
+            target, messfn = messfn, None
+            raise QueueError(
+                codes.LINK_MESS_PID, f"trouble linking {target} to pid file: {exc.strerror}"
+            ) from None
+        try:
+            os.unlink(pidfn)
+        except OSError as exc:
+            raise QueueError(
+                codes.REMOVE_PID_ERR, f"trouble unlinking pid file: {exc.strerror}"
+            ) from None
+        # 3. the message.
+        try:
+            _write_all(messfd, received)
+            _copy_message(message, messfd)
+        except _ReadError as exc:
+            raise QueueError(codes.READ_ERR, f"trouble reading message: {exc}") from None
+        except OSError as exc:
+            raise QueueError(codes.WRITE_ERR, f"trouble writing message: {exc.strerror}") from None
+        # 4. the envelope.
+        if not isinstance(envelope, Envelope):
+            envelope = envelope()
+            envelope.check()
+        try:
+            intdfd = _open_excl(intdfn)
+        except OSError as exc:
+            intdfn = None
+            raise QueueError(
+                codes.INTD_FILE, f"trouble creating files in intd: {exc.strerror}"
+            ) from None
+        try:
+            _write_all(intdfd, _internal_envelope(uid, pid, envelope, qqeh))
+        except OSError as exc:
+            raise QueueError(codes.WRITE_ERR, f"trouble writing envelope: {exc.strerror}") from None
+        # 5. durable before the commit point.
+        try:
+            _sync(messfd, datasync)
+            _sync(intdfd, datasync)
+        except OSError as exc:
+            raise QueueError(
+                codes.FSYNC_ERR, f"trouble syncing message to disk: {exc.strerror}"
+            ) from None
+        # 6. commit.
+        try:
+            os.link(intdfn, todofn)
+        except OSError as exc:
+            raise QueueError(
+                codes.LINK_TODO_INTD, f"trouble linking todo to intd: {exc.strerror}"
+            ) from None
+        messfn = intdfn = None  # committed: never clean up from here on
+        # 7. make the todo entry durable, then wake the processor.
+        _sync_dir(todofn.parent)
+        poke_trigger(layout)
+        return inode
+    except BaseException:
+        _cleanup(messfd, messfn, intdfd, intdfn)
+        raise
+    finally:
+        for fd in (messfd, intdfd, lockfd):
+            if fd != -1:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.umask(old_umask)
+
+
+def _enqueue_lock(layout: Layout) -> int:
+    """Hold ``lock/enqueue`` shared while writing, so queue-fix (exclusive)
+    knows that leftovers it finds belong to dead writers.  A queue made by
+    another tool may lack the file: then there is nothing to hold."""
+    try:
+        fd = os.open(layout.root / "lock" / "enqueue", os.O_RDONLY)
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:
+        raise QueueError(codes.PID_FILE, f"trouble opening lock/enqueue: {exc.strerror}") from None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+class _ReadError(Exception):
+    pass
+
+
+def _copy_message(message: BinaryIO | bytes | int, outfd: int) -> None:
+    if isinstance(message, bytes | bytearray | memoryview):
+        _write_all(outfd, message)
+        return
+    if isinstance(message, int):
+        while True:
+            try:
+                chunk = os.read(message, CHUNK)
+            except OSError as exc:
+                raise _ReadError(exc.strerror) from None
+            if not chunk:
+                return
+            _write_all(outfd, chunk)
+    while True:
+        try:
+            chunk = message.read(CHUNK)
+        except OSError as exc:
+            raise _ReadError(exc.strerror) from None
+        if not chunk:
+            return
+        _write_all(outfd, chunk)
+
+
+def _internal_envelope(uid: int, pid: int, env: Envelope, qqeh: str | None) -> bytes:
+    out = bytearray(b"u%d\0p%d\0F" % (uid, pid))
+    out += env.sender + b"\0"
+    for rcpt in env.recipients:
+        out += b"T" + rcpt + b"\0"
+    if qqeh:
+        text = qqeh.encode("utf-8", "surrogateescape")
+        if not text.endswith(b"\n"):
+            text += b"\n"
+        out += b"e" + text + b"\0"
+    return bytes(out)
+
+
+def _sync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise QueueError(
+            codes.SYNCDIR_ERR, f"trouble syncing dir to disk: {exc.strerror}"
+        ) from None
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise QueueError(
+            codes.SYNCDIR_ERR, f"trouble syncing dir to disk: {exc.strerror}"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def poke_trigger(layout: Layout) -> None:
+    """Write one byte to ``lock/trigger`` if a reader is there; never block."""
+    try:
+        fd = os.open(layout.trigger, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _cleanup(messfd: int, messfn: Path | None, intdfd: int, intdfn: Path | None) -> None:
+    # As the original: truncate, then unlink, what this run made.
+    for fd, fn in ((intdfd, intdfn), (messfd, messfn)):
+        if fn is None:
+            continue
+        if fd != -1:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+        _unlink(fn)
+
+
+def queue_dir_from_env(environ: dict[str, str] | os._Environ[str]) -> Path:
+    """QUEUEDIR, else QUEUE_BASE/queue<n> with n random in START..START+COUNT-1."""
+    qd = environ.get("QUEUEDIR")
+    if qd:
+        return Path(qd)
+    p = _paths.get()
+    count = max(p.queue_count, 1)
+    n = int.from_bytes(os.urandom(4), "little") % count + p.queue_start
+    return p.queue_base / f"queue{n}"
+
+
+def _remote_ip_of_stdin() -> str | None:
+    try:
+        sock = socket.socket(fileno=os.dup(0))
+    except OSError:
+        return None
+    try:
+        peer = sock.getpeername()
+        return peer[0] if isinstance(peer, tuple) else None
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+def _alarm(_signum: int, _frame: object) -> None:
+    os._exit(codes.TIMEOUT)
+
+
+def main(argv: list[str]) -> int:
+    """qmail-queue: message on fd 0, envelope on fd 1."""
+    environ = os.environ
+    if len(argv) > 1 and argv[1] in ("-h", "--help"):
+        os.write(2, b"usage: qmail-queue (message on fd 0, envelope on fd 1)\n")
+        return 0
+    try:
+        death = int(environ.get("DEATH") or DEATH)
+    except ValueError:
+        death = DEATH
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.alarm(max(death, 1))
+    p = _paths.get()
+    queuedir = queue_dir_from_env(environ)
+    layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
+    remote_ip = environ.get("TCPREMOTEIP")
+    if not remote_ip and not environ.get("FASTQUEUE") and not environ.get("HIDE_HOST"):
+        remote_ip = _remote_ip_of_stdin()
+    pid = os.getpid()
+    uid = os.getuid()
+    try:
+        received = received_line(pid, uid, environ, remote_ip)
+        # As the original: the message first, then the envelope from fd 1.
+        enqueue(
+            layout,
+            0,
+            lambda: read_envelope(1),
+            pid=pid,
+            uid=uid,
+            environ=environ,
+            received=received,
+        )
+    except QueueError as exc:
+        return _fail(exc)
+    return 0
+
+
+def _fail(exc: QueueError) -> int:
+    try:
+        os.write(2, f"qmail-queue: {exc.reason}\n".encode(errors="replace"))
+    except OSError:
+        pass
+    return exc.code

@@ -1,0 +1,136 @@
+"""How our injectors hand a message to the queue (qmail's ``qmail_open``).
+
+``QMAILQUEUE`` names the queue program as in the original.  When it is
+unset or names one of ours (``qmail-multi``, ``qmail-queue``), the message
+is queued in-process: no interpreter start on the hot path.  Any other
+program is run exactly as the original runs it: message on its fd 0,
+envelope on its fd 1, and its exit code mapped by :mod:`codes`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from indimail.core import paths as _paths
+from indimail.queue import codes
+from indimail.queue.layout import Layout
+from indimail.queue.qmail_queue import Envelope, QueueError, enqueue, envelope_bytes
+
+OUR_QUEUE_PROGRAMS = ("qmail-multi", "qmail-queue")
+
+
+class SubmitError(Exception):
+    """The queue refused or failed: ``code`` and the ``D``/``Z`` text."""
+
+    def __init__(self, code: int, text: str, reason: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.reason = reason
+
+    @property
+    def permanent(self) -> bool:
+        return self.text.startswith("D")
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Where a message went: its number, the queue, and the qp (pid) shown."""
+
+    inode: int
+    queuedir: Path | None
+    qp: int
+
+
+def is_ours(program: str) -> bool:
+    """True if QMAILQUEUE names one of our queue programs."""
+    return os.path.basename(program.split()[0]) in OUR_QUEUE_PROGRAMS if program.strip() else True
+
+
+def submit(
+    message: bytes | BinaryIO,
+    sender: bytes,
+    recipients: Sequence[bytes],
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Queued:
+    """Queue ``message`` for ``recipients``; raise :class:`SubmitError` on failure."""
+    if environ is None:
+        environ = os.environ
+    program = environ.get("QMAILQUEUE", "")
+    if is_ours(program):
+        return _submit_in_process(message, sender, recipients, environ)
+    return _submit_external(program, message, sender, recipients, environ)
+
+
+def _submit_in_process(
+    message: bytes | BinaryIO,
+    sender: bytes,
+    recipients: Sequence[bytes],
+    environ: Mapping[str, str],
+) -> Queued:
+    from indimail.queue.qmail_multi import check_min_free, choose_queue
+
+    p = _paths.get()
+    try:
+        queuedir = choose_queue(environ, p)
+        check_min_free(queuedir, environ)
+        layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
+        inode = enqueue(layout, message, Envelope(sender, tuple(recipients)), environ=environ)  # type: ignore[arg-type]
+    except QueueError as exc:
+        raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
+    return Queued(inode=inode, queuedir=queuedir, qp=os.getpid())
+
+
+def _submit_external(
+    program: str,
+    message: bytes | BinaryIO,
+    sender: bytes,
+    recipients: Sequence[bytes],
+    environ: Mapping[str, str],
+) -> Queued:
+    argv = program.split()
+    env = dict(environ)
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=msg_r, stdout=env_r, env=env, close_fds=True, stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        for fd in (msg_r, msg_w, env_r, env_w):
+            os.close(fd)
+        raise SubmitError(
+            codes.EXEC_QMAILQUEUE,
+            codes.text_for(codes.EXEC_QMAILQUEUE),
+            f"unable to run {argv[0]}: {exc.strerror}",
+        ) from None
+    os.close(msg_r)
+    os.close(env_r)
+    try:
+        with os.fdopen(msg_w, "wb") as out:
+            if isinstance(message, bytes | bytearray):
+                out.write(message)
+            else:
+                while chunk := message.read(65536):
+                    out.write(chunk)
+    except BrokenPipeError:
+        pass
+    try:
+        with os.fdopen(env_w, "wb") as out:
+            out.write(envelope_bytes(sender, recipients))
+    except BrokenPipeError:
+        pass
+    _, err = proc.communicate()
+    code = proc.returncode
+    if code == 0:
+        return Queued(inode=0, queuedir=None, qp=proc.pid)
+    if code < 0:
+        raise SubmitError(codes.CRASHED, codes.text_for(codes.CRASHED), f"killed by signal {-code}")
+    custom = err.decode("utf-8", "replace").strip() if code == codes.CUSTOM_ERR else None
+    raise SubmitError(code, codes.text_for(code, custom), err.decode("utf-8", "replace").strip())

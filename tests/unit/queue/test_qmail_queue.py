@@ -1,0 +1,181 @@
+"""qmail-queue: envelope bytes on disk, Received line, exit codes, cleanup."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+CASES = Path(__file__).parent / "qq_cases"
+MESSAGE = b"Subject: test\n\nhello\n"
+
+
+def queue_with_fd1(instance, envelope: bytes, message: bytes = MESSAGE, env=None, tmp=None):
+    """Run qmail-queue with ``envelope`` on fd 1, as injectors do."""
+    env_file = (tmp or instance.top) / "envelope.in"
+    env_file.write_bytes(envelope)
+    with open(env_file, "rb") as fd1:
+        return instance.run("qmail-queue", input=message, stdout=fd1, env=env)
+
+
+def leftovers(instance) -> list[Path]:
+    return [p for sub in ("pid", "mess", "intd", "todo") for p in instance.files(sub)]
+
+
+def parse_records(data: bytes) -> list[bytes]:
+    assert data.endswith(b"\0")
+    return data[:-1].split(b"\0")
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in CASES.glob("*.envelope")))
+def test_envelope_cases(instance, case):
+    envelope = (CASES / f"{case}.envelope").read_bytes()
+    expect = dict(line.split("=", 1) for line in
+                  (CASES / f"{case}.expect").read_text("utf-8").splitlines())
+    res = queue_with_fd1(instance, envelope)
+    assert res.returncode == int(expect["exit"]), res.stderr
+    if res.returncode != 0:
+        # Nothing may be left behind by a refused message.
+        assert leftovers(instance) == []
+        assert res.stderr.startswith(b"qmail-queue: ")
+        assert b"Traceback" not in res.stderr
+        return
+    todo = instance.files("todo")
+    intd = instance.files("intd")
+    mess = instance.files("mess")
+    assert len(todo) == len(intd) == len(mess) == 1
+    inode = int(mess[0].name)
+    assert mess[0].stat().st_ino == inode
+    assert mess[0].parent.name == str(inode % 151)
+    assert todo[0].name == intd[0].name == str(inode)
+    assert todo[0].stat().st_ino == intd[0].stat().st_ino  # todo is a link of intd
+    records = parse_records(todo[0].read_bytes())
+    assert records[0] == b"u%d" % os.getuid()
+    assert re.fullmatch(rb"p\d+", records[1])
+    want = [r.encode("utf-8") for r in expect["records"].split("|")]
+    assert records[2:] == want
+
+
+def test_message_bytes_and_received_line(instance):
+    res = queue_with_fd1(instance, b"Fa@example.test\0Tb@example.org\0\0",
+                         env=instance.env(HOSTNAME="qhost.example.test"))
+    assert res.returncode == 0, res.stderr
+    (mess,) = instance.files("mess")
+    data = mess.read_bytes()
+    (todo,) = instance.files("todo")
+    pid = parse_records(todo.read_bytes())[1][1:].decode()
+    first, second, rest = data.split(b"\n", 2)
+    assert first == f"Received: indimail-mta queue {pid} by host qhost.example.test".encode()
+    assert re.fullmatch(
+        rb" \(invoked by uid %d\); \d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d -0000"
+        % os.getuid(), second), second
+    assert rest == MESSAGE
+
+
+def test_received_from_network_and_hide_host(instance):
+    env = instance.env(TCPREMOTEIP="192.0.2.7", HOSTNAME="h.example.test")
+    assert queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env).returncode == 0
+    (mess,) = instance.files("mess")
+    assert b"(invoked from network 192.0.2.7, by uid" in mess.read_bytes()
+    for f in leftovers(instance):
+        f.unlink()
+    env = instance.env(TCPREMOTEIP="192.0.2.7", HIDE_HOST="1")
+    assert queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env).returncode == 0
+    (mess,) = instance.files("mess")
+    head = mess.read_bytes().split(b";")[0]
+    assert head.startswith(b"Received: indimail-mta queue ")
+    assert b"192.0.2.7" not in head and b"by host" not in head
+    assert b"(invoked from network, by uid" in head
+
+
+def test_qqeh_record(instance):
+    env = instance.env(QQEH="X-Spam: no")
+    assert queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env).returncode == 0
+    (todo,) = instance.files("todo")
+    assert todo.read_bytes().endswith(b"\0Tb@y.test\0eX-Spam: no\n\0")
+
+
+def test_file_modes(instance):
+    assert queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0").returncode == 0
+    for sub in ("mess", "todo", "intd"):
+        (f,) = instance.files(sub)
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, sub
+
+
+def test_queuedir_selects_queue(instance):
+    env = instance.env(QUEUEDIR=str(instance.queue(2)))
+    for _ in range(3):
+        assert queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env).returncode == 0
+    assert len(list((instance.queue(2) / "todo").iterdir())) == 3
+    assert list((instance.queue(1) / "todo").iterdir()) == []
+
+
+def test_messages_spread_over_queues(instance):
+    for _ in range(16):
+        assert queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0").returncode == 0
+    counts = [len(list((instance.queue(n) / "todo").iterdir())) for n in (1, 2)]
+    assert sum(counts) == 16
+    assert all(c > 0 for c in counts), counts  # 2**-15 chance of a false failure
+
+
+def test_missing_queue_is_temporary_with_reason(instance):
+    env = instance.env(QUEUEDIR=str(instance.top / "nonexistent"))
+    res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env)
+    assert res.returncode == 61
+    assert b"nonexistent" in res.stderr
+
+
+def test_unreadable_message_is_read_error(instance, tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_bytes(b"Fa@x.test\0Tb@y.test\0\0")
+    # fd 0 is open for writing only: read() fails with EBADF.
+    fd0 = os.open(tmp_path / "wo", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with open(env_file, "rb") as fd1:
+            res = instance.run("qmail-queue", stdin=fd0, stdout=fd1)
+    finally:
+        os.close(fd0)
+    assert res.returncode == 54
+    assert b"trouble reading message" in res.stderr
+    assert leftovers(instance) == []
+
+
+def test_pid_dir_not_writable(instance):
+    if os.getuid() == 0:
+        # root ignores modes: make pid/ a file instead
+        pid = instance.queue(1) / "pid"
+        pid.rmdir()
+        pid.write_bytes(b"")
+    else:
+        os.chmod(instance.queue(1) / "pid", 0o500)
+    env = instance.env(QUEUEDIR=str(instance.queue(1)))
+    res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env)
+    assert res.returncode == 70
+    assert b"pid file" in res.stderr
+
+
+def test_bad_control_queue_count(instance):
+    env = instance.env(QUEUE_COUNT="many")
+    res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env)
+    assert res.returncode == 111
+    assert b"QUEUE_COUNT='many' is not a number" in res.stderr
+    assert b"Traceback" not in res.stderr
+
+
+def test_large_message_streams(instance):
+    body = b"Subject: big\n\n" + (b"x" * 999 + b"\n") * 20000  # 20 MB
+    res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", message=body)
+    assert res.returncode == 0
+    (mess,) = instance.files("mess")
+    assert mess.read_bytes().endswith(body)
+
+
+def test_oversize_line_kept_intact(instance):
+    body = b"Subject: x\n\n" + b"y" * (1 << 20) + b"\n"
+    res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", message=body)
+    assert res.returncode == 0
+    (mess,) = instance.files("mess")
+    assert mess.read_bytes().endswith(body)
