@@ -255,16 +255,16 @@ class Fixer:
                 ):
                     return
                 self.errors += 1
-                old = int(name) if name.isdigit() else None
+                new_part = str(st.st_ino % lay.split)
                 for sub in ("mess", "info", "local", "remote", "intd", "todo", "bounce"):
-                    src = (
-                        (directory / name)
-                        if sub == "mess"
-                        else (lay.path(sub, old) if old is not None else None)
-                    )
-                    if src is None:
-                        continue
-                    self._rename(src, lay.path(sub, st.st_ino))
+                    # companions sit in the same split part, or unsplit
+                    if lay.is_split(sub):
+                        src = lay.root / sub / str(part) / name
+                        dst = lay.root / sub / new_part / str(st.st_ino)
+                    else:
+                        src = lay.root / sub / name
+                        dst = lay.root / sub / str(st.st_ino)
+                    self._rename(src, dst)
 
     def _rename(self, src: Path, dst: Path) -> None:
         if not os.path.lexists(src):

@@ -33,8 +33,9 @@ def parse_records(data: bytes) -> list[bytes]:
 @pytest.mark.parametrize("case", sorted(p.stem for p in CASES.glob("*.envelope")))
 def test_envelope_cases(instance, case):
     envelope = (CASES / f"{case}.envelope").read_bytes()
-    expect = dict(line.split("=", 1) for line in
-                  (CASES / f"{case}.expect").read_text("utf-8").splitlines())
+    expect = dict(
+        line.split("=", 1) for line in (CASES / f"{case}.expect").read_text("utf-8").splitlines()
+    )
     res = queue_with_fd1(instance, envelope)
     assert res.returncode == int(expect["exit"]), res.stderr
     if res.returncode != 0:
@@ -60,8 +61,11 @@ def test_envelope_cases(instance, case):
 
 
 def test_message_bytes_and_received_line(instance):
-    res = queue_with_fd1(instance, b"Fa@example.test\0Tb@example.org\0\0",
-                         env=instance.env(HOSTNAME="qhost.example.test"))
+    res = queue_with_fd1(
+        instance,
+        b"Fa@example.test\0Tb@example.org\0\0",
+        env=instance.env(HOSTNAME="qhost.example.test"),
+    )
     assert res.returncode == 0, res.stderr
     (mess,) = instance.files("mess")
     data = mess.read_bytes()
@@ -70,8 +74,9 @@ def test_message_bytes_and_received_line(instance):
     first, second, rest = data.split(b"\n", 2)
     assert first == f"Received: indimail-mta queue {pid} by host qhost.example.test".encode()
     assert re.fullmatch(
-        rb" \(invoked by uid %d\); \d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d -0000"
-        % os.getuid(), second), second
+        rb" \(invoked by uid %d\); \d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d -0000" % os.getuid(),
+        second,
+    ), second
     assert rest == MESSAGE
 
 
