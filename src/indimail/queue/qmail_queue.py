@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 from indimail.core import paths as _paths
 from indimail.core.dates import date822fmt
+from indimail.core.errors import Fatal
 from indimail.queue import codes
 from indimail.queue.layout import Layout
 
@@ -498,8 +499,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGALRM, _alarm)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.alarm(max(death, 1))
-    p = _paths.get()
-    queuedir = queue_dir_from_env(environ)
+    try:
+        p = _paths.get()
+        queuedir = queue_dir_from_env(environ)
+    except Fatal as exc:
+        # Configuration trouble is qmail-queue's "unable to read configuration".
+        return _fail(QueueError(codes.CONFIG_ERR, exc.message))
     layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
     remote_ip = environ.get("TCPREMOTEIP")
     if not remote_ip and not environ.get("FASTQUEUE") and not environ.get("HIDE_HOST"):

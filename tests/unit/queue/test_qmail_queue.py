@@ -165,7 +165,7 @@ def test_pid_dir_not_writable(instance):
 def test_bad_control_queue_count(instance):
     env = instance.env(QUEUE_COUNT="many")
     res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env)
-    assert res.returncode == 111
+    assert res.returncode == 55
     assert b"QUEUE_COUNT='many' is not a number" in res.stderr
     assert b"Traceback" not in res.stderr
 
@@ -184,3 +184,14 @@ def test_oversize_line_kept_intact(instance):
     assert res.returncode == 0
     (mess,) = instance.files("mess")
     assert mess.read_bytes().endswith(body)
+
+
+def test_unreadable_queue_base_control(instance):
+    (instance.control / "queue_base").unlink()
+    (instance.control / "queue_base").mkdir()
+    env = instance.env()
+    conf = instance.conf.read_text().replace("QUEUE_BASE=", "#QUEUE_BASE=")
+    instance.conf.write_text(conf)
+    res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env)
+    assert res.returncode == 55
+    assert str(instance.control / "queue_base").encode() in res.stderr
