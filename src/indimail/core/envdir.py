@@ -8,6 +8,7 @@ skipped.  ``envdir`` the command and the injection tools share this code.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -69,11 +70,22 @@ def apply_defaultqueue(
     if not environ.get("SKIP_LOCAL_ENVIRONMENT") and home and (os.getuid() != 0 or root_rc):
         local = Path(home) / ".defaultqueue"
         if os.access(local, os.X_OK) and local.is_dir():
-            apply_envdir(local, environ)
-            applied = True
+            try:
+                apply_envdir(local, environ)
+                applied = True
+            except Fatal as exc:
+                # The user's own settings: warn and go on, as the original.
+                sys.stderr.write(f"warning: {exc.message}\n")
     if not environ.get("QUEUE_BASE"):
         system = controldir / "defaultqueue"
-        if system.is_dir():
-            apply_envdir(system, environ)
-            applied = True
+        try:
+            os.stat(system)
+        except FileNotFoundError:
+            return applied
+        except OSError as exc:
+            raise Fatal(111, f"unable to access defaultqueue {system}: {exc.strerror}") from None
+        if not os.access(system, os.R_OK | os.X_OK):
+            raise Fatal(111, f"unable to access defaultqueue {system}: permission denied")
+        apply_envdir(system, environ)
+        applied = True
     return applied

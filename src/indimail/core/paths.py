@@ -279,3 +279,11 @@ def get() -> Paths:
     if _PATHS is None:
         _PATHS = load()
     return _PATHS
+
+
+def reload() -> Paths:
+    """Rebuild the process-wide Paths after the environment changed
+    (e.g. once the defaultqueue envdirs have been applied)."""
+    global _PATHS
+    _PATHS = load()
+    return _PATHS
