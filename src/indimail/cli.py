@@ -5,7 +5,8 @@ symlink per command) or by ``indimail COMMAND ARGS...``.  The table maps
 each name to the module implementing it; modules are imported only when
 their command runs, so a light command starts fast.
 
-Every command module provides ``main(argv: list[str]) -> int``.
+Every command module provides ``main(argv: list[str]) -> int`` (or the
+function named after a colon in the table).
 """
 
 from __future__ import annotations
@@ -33,9 +34,28 @@ COMMANDS: dict[str, tuple[str, int]] = {
     # injection
     "qmail-inject": ("indimail.smtpd.qmail_inject", EXIT_TEMP),
     "sendmail": ("indimail.smtpd.sendmail", EXIT_TEMP),
+    # delivery engine
+    "qmail-send": ("indimail.send.qmail_send", EXIT_TEMP),
+    "qmail-start": ("indimail.send.qmail_start", EXIT_TEMP),
+    "qscheduler": ("indimail.send.qmail_start:scheduler_main", EXIT_TEMP),
+    "qmail-daemon": ("indimail.send.qmail_start:scheduler_main", EXIT_TEMP),
+    "qmail-lspawn": ("indimail.send.spawn:lspawn_main", EXIT_TEMP),
+    "qmail-rspawn": ("indimail.send.spawn:rspawn_main", EXIT_TEMP),
+    "qmail-clean": ("indimail.send.qmail_clean", EXIT_TEMP),
     # administration
     "qmail-showctl": ("indimail.admin.qmail_showctl", EXIT_TEMP),
     "indimail-instance": ("indimail.admin.instance", EXIT_TEMP),
+    # local delivery
+    "qmail-local": ("indimail.deliver.qmail_local", EXIT_TEMP),
+    "qmail-newu": ("indimail.deliver.qmail_newu", EXIT_TEMP),
+    "qmail-getpw": ("indimail.deliver.qmail_getpw", EXIT_TEMP),
+    "condredirect": ("indimail.deliver.condredirect", EXIT_TEMP),
+    "bouncesaying": ("indimail.deliver.bouncesaying", EXIT_TEMP),
+    "preline": ("indimail.deliver.preline", EXIT_TEMP),
+    # remote delivery
+    "qmail-remote": ("indimail.deliver.qmail_remote", EXIT_TEMP),
+    "qmail-tcpto": ("indimail.deliver.tcpto", EXIT_TEMP),
+    "qmail-tcpok": ("indimail.deliver.tcpto", EXIT_TEMP),
 }
 
 
@@ -53,8 +73,9 @@ def run(name: str, argv: list[str]) -> int:
     try:
         import importlib
 
+        module_name, _, func = module_name.partition(":")
         module = importlib.import_module(module_name)
-        return int(module.main([name, *argv[1:]]) or 0)
+        return int(getattr(module, func or "main")([name, *argv[1:]]) or 0)
     except Fatal as exc:
         _flush_quietly()
         sys.stderr.write(f"{name}: {exc.message}\n")

@@ -118,7 +118,7 @@ def create(
         d.mkdir(parents=True, exist_ok=True)
     for sub in ("control", "users", "tcp", "certs"):
         (top / "etc" / sub).mkdir(exist_ok=True)
-    lines = ["# rootless indimail-mta instance: every role is the invoking user"]
+    lines = ["# rootless indimail-mta instance: every role is the invoking user", "ROOTLESS=1"]
     lines += [f"{k}={v}" for k, v in dirs.items()]
     lines += [f"QUEUE_COUNT={queues}", "QUEUE_START=1", f"CONFSPLIT={split}", "BIGTODO=0"]
     lines += [f"USER_{role.upper()}={user.pw_name}" for role in _paths.USER_ROLES]

@@ -177,6 +177,7 @@ class Paths:
     users: dict[str, str] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
     source: Path | None = None  # the paths file used, if any
+    rootless: bool = False  # a rootless instance: every role is one account
 
     def user(self, role: str) -> str:
         """Account name for ``role`` (e.g. ``qmailq``)."""
@@ -267,6 +268,7 @@ def load(
         users=users,
         groups=groups,
         source=source,
+        rootless=values.get("ROOTLESS", "") not in ("", "0"),
     )
 
 

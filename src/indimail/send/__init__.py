@@ -1,0 +1,1 @@
+"""Delivery engine: qmail-send and its helpers (spawners, qmail-clean, qscheduler)."""

@@ -1,0 +1,428 @@
+"""qmail-lspawn and qmail-rspawn: run one delivery per job, report results.
+
+Both speak the original's protocol with qmail-send (see qmail_send).  The
+hot-path rule: a delivery is a ``fork()`` of this warm process that calls
+qmail-local / qmail-remote's code directly - no exec, no interpreter start.
+The child gets the message on fd 0 and writes its report on fd 1, exactly
+the interface of the commands, so their code runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indimail.core import paths as _paths
+from indimail.queue.layout import Layout
+
+SPAWN = 500  # conf-spawn: the most deliveries at once
+MAX_OUTPUT = 10000  # bytes of report kept per delivery
+MAX_COMMAND = 1 << 20
+
+
+@dataclass
+class Request:
+    slot: int
+    messid: bytes
+    sender: bytes
+    qqeh: bytes
+    envh: bytes
+    recipient: bytes
+
+
+@dataclass
+class Running:
+    request: Request
+    pid: int
+    fd: int
+    output: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+    wstatus: int | None = None
+
+
+ChildFn = Callable[[Request, int], int]  # (request, size of message) -> exit code
+ReportFn = Callable[[int, bytes], bytes]  # (wait status, output) -> K/Z/D text
+
+
+def parse_requests(buf: bytearray) -> list[Request]:
+    """Take every complete request (2 bytes + 5 NUL-terminated fields) off ``buf``."""
+    out = []
+    while len(buf) > 2:
+        pos = 2
+        fields = []
+        for _ in range(5):
+            end = buf.find(b"\0", pos)
+            if end == -1:
+                return out
+            fields.append(bytes(buf[pos:end]))
+            pos = end + 1
+        out.append(Request(buf[0] | (buf[1] << 8), *fields))
+        del buf[:pos]
+    return out
+
+
+def env_from_headers(envh: bytes) -> dict[str, str]:
+    """envheaders lines ``Name: value`` -> NAME=value (``-`` -> ``_``)."""
+    env = {}
+    for line in envh.split(b"\n"):
+        name, sep, value = line.partition(b":")
+        if not sep or not name.strip():
+            continue
+        key = name.strip().decode("ascii", "replace").upper().replace("-", "_")
+        if key.replace("_", "").isalnum():
+            env[key] = value.strip().decode("utf-8", "surrogateescape")
+    return env
+
+
+class Spawner:
+    """The common loop of both spawners."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        child: ChildFn,
+        report: ReportFn,
+        check_owner: int | None,
+        infd: int = 0,
+        outfd: int = 1,
+    ) -> None:
+        self.layout = layout
+        self.child = child
+        self.report = report
+        self.check_owner = check_owner
+        self.infd = infd
+        self.outfd = outfd
+        self.running: dict[int, Running] = {}  # by pid
+        self.sel = selectors.DefaultSelector()
+
+    def error(self, slot: int, text: bytes) -> None:
+        self.write(bytes((slot & 0xFF, slot >> 8)) + text + b"\0")
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.outfd, view)
+            except InterruptedError:
+                continue
+            view = view[n:]
+
+    def start(self, req: Request) -> None:
+        if req.slot >= SPAWN:
+            self.error(req.slot, b"ZInternal error: delnum too big. (#4.3.5)\n")
+            return
+        if b"@" not in req.recipient:
+            self.error(req.slot, b"DSorry, address must include host name. (#5.1.3)\n")
+            return
+        part, sep, number = req.messid.partition(b"/")
+        if not sep or not part.isdigit() or not number.isdigit():
+            self.error(req.slot, b"DInternal error: messid has nonnumerics. (#5.3.5)\n")
+            return
+        path = self.layout.root / "mess" / part.decode() / number.decode()
+        try:
+            messfd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self.error(req.slot, b"Zqmail-spawn unable to open message. (#4.3.0)\n")
+            return
+        st = os.fstat(messfd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(messfd)
+            self.error(req.slot, b"ZSorry, message has wrong type. (#4.3.5)\n")
+            return
+        if self.check_owner is not None and st.st_uid != self.check_owner:
+            os.close(messfd)
+            self.error(req.slot, b"ZSorry, message has wrong owner. (#4.3.5)\n")
+            return
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the delivery
+            code = 111
+            try:
+                os.close(r)
+                os.dup2(messfd, 0)
+                os.dup2(w, 1)
+                if messfd > 2:
+                    os.close(messfd)
+                if w > 2:
+                    os.close(w)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                sys.stdin = open(0, "rb", closefd=False)  # noqa: SIM115
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+                code = self.child(req, st.st_size)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 111
+            except BaseException as exc:  # report, never a traceback
+                try:
+                    os.write(
+                        1, f"internal error in delivery: {type(exc).__name__}: {exc}\n".encode()
+                    )
+                except OSError:
+                    pass
+                code = 111
+            finally:
+                try:
+                    sys.stdout.flush()
+                except Exception:
+                    pass
+                os._exit(code)
+        os.close(w)
+        os.close(messfd)
+        os.set_blocking(r, False)
+        run = Running(req, pid, r)
+        self.running[pid] = run
+        self.sel.register(r, selectors.EVENT_READ, run)
+
+    def collect(self, run: Running) -> None:
+        try:
+            chunk = os.read(run.fd, 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            room = MAX_OUTPUT - len(run.output)
+            if room > 0:
+                run.output += chunk[:room]
+            return
+        run.eof = True
+        self.sel.unregister(run.fd)
+        os.close(run.fd)
+        self.finish_if_done(run)
+
+    def reap(self) -> None:
+        while self.running:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.running.get(pid)
+            if run is None:
+                continue
+            run.wstatus = status
+            self.finish_if_done(run)
+
+    def finish_if_done(self, run: Running) -> None:
+        if not run.eof or run.wstatus is None:
+            return
+        del self.running[run.pid]
+        text = self.report(run.wstatus, bytes(run.output))
+        self.error(run.request.slot, text.replace(b"\0", b"_"))
+
+    def serve(self) -> int:
+        """Announce concurrency, then run jobs until qmail-send closes fd 0."""
+        limit = SPAWN
+        self.write(bytes((limit & 0xFF, limit >> 8)))
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # qmail-send decides when we stop
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
+        os.set_blocking(self.infd, False)
+        self.sel.register(self.infd, selectors.EVENT_READ, "cmd")
+        buf = bytearray()
+        open_input = True
+        while open_input or self.running:
+            for key, _ev in self.sel.select(5.0):
+                if key.data == "wake":
+                    try:
+                        while os.read(wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif key.data == "cmd":
+                    try:
+                        chunk = os.read(self.infd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        open_input = False
+                        self.sel.unregister(self.infd)
+                        continue
+                    buf += chunk
+                    for req in parse_requests(buf):
+                        self.start(req)
+                    if len(buf) > MAX_COMMAND:
+                        buf.clear()
+                else:
+                    self.collect(key.data)
+            self.reap()
+        return 0
+
+
+# -- qmail-lspawn ------------------------------------------------------------
+
+LSPAWN_ERRORS = {
+    112: b"ZInternal qmail-lspawn bug.\n",
+    113: b"ZNot allowed to perform deliveries as root.\n",
+    115: b"ZNFS failure in qmail-local.\n",
+    116: b"ZUnable to find alias user!\n",
+    117: b"ZTrouble reading users/cdb in qmail-lspawn.\n",
+    118: b"ZTemporary failure in qmail-lspawn.\n",
+    119: b"ZOut of memory in qmail-lspawn.\n",
+    120: b"ZUnable to run qmail-local.\n",
+    121: b"ZUnable to run qmail-getpw.\n",
+    126: b"DUnable to run qmail-local.\n",
+    127: b"ZUnable to set proper uid, gid.\n",
+}
+
+
+def lspawn_report(wstatus: int, output: bytes) -> bytes:
+    """qmail-local's exit status + output -> K/Z/D text, as qmail-lspawn."""
+    if os.WIFSIGNALED(wstatus):
+        return b"Zqmail-local crashed.\n"
+    code = os.WEXITSTATUS(wstatus)
+    if code in LSPAWN_ERRORS:
+        return LSPAWN_ERRORS[code]
+    if code in (111, 71, 74, 75):
+        kind = b"Z"
+    elif code == 0:
+        kind = b"K"
+    else:
+        kind = b"D"
+    return kind + output.split(b"\0", 1)[0]
+
+
+def lspawn_child(p: _paths.Paths, defaultdelivery: str) -> ChildFn:
+    """The work of one local delivery, run in the forked child."""
+    from indimail.deliver import qmail_local, users
+
+    def run(req: Request, _size: int) -> int:
+        recipient = req.recipient.decode("utf-8", "surrogateescape")
+        local, _, domain = recipient.rpartition("@")
+        try:
+            entry = users.find_user(local, p)
+        except Exception:  # users/cdb trouble is temporary
+            return 117
+        if entry is None:
+            return 116
+        if p.rootless:
+            pass  # one account does everything, whichever it is
+        elif os.getuid() == 0:
+            if entry.uid == 0:
+                return 113
+            try:
+                os.setgroups([])
+                os.setgid(entry.gid)
+                os.setuid(entry.uid)
+            except OSError:
+                return 127
+        elif entry.uid != os.getuid():
+            return 127
+        os.environ.update(env_from_headers(req.envh))
+        os.environ["MESSID"] = req.messid.decode()
+        args = [
+            "qmail-local",
+            "--",
+            entry.user,
+            entry.home,
+            local,
+            entry.dash,
+            entry.ext,
+            domain,
+            req.sender.decode("utf-8", "surrogateescape"),
+            defaultdelivery,
+            req.qqeh.decode("utf-8", "surrogateescape"),
+        ]
+        return int(qmail_local.main(args) or 0)
+
+    return run
+
+
+# -- qmail-rspawn ------------------------------------------------------------
+
+
+def rspawn_report(wstatus: int, output: bytes) -> bytes:
+    """Combine qmail-remote's recipient and message reports, as qmail-rspawn."""
+    if os.WIFSIGNALED(wstatus):
+        return b"Zqmail-remote crashed.\n"
+    code = os.WEXITSTATUS(wstatus)
+    if code == 111:
+        return b"ZUnable to run qmail-remote.\n"
+    if code != 0:
+        return b"DUnable to run qmail-remote.\n"
+    if not output:
+        return b"Zqmail-remote produced no output.\n"
+    parts = output.split(b"\0")
+    result = -1
+    message_text = b""
+    for part in parts:
+        if not part:
+            continue
+        if part[:1] in (b"K", b"Z", b"D"):
+            result = {b"K": 1, b"Z": 0, b"D": -1}[part[:1]]
+            message_text = part[1:]
+            break
+    combined = result
+    first = parts[0]
+    if first[:1] == b"s":
+        combined = 0
+    elif first[:1] == b"h":
+        combined = -1
+    kind = {1: b"K", 0: b"Z", -1: b"D"}[combined]
+    text = first[1:]
+    if result <= combined and message_text:
+        text += message_text
+    return kind + text
+
+
+def rspawn_child() -> ChildFn:
+    """The work of one remote delivery, run in the forked child."""
+    from indimail.deliver import qmail_remote
+
+    def run(req: Request, size: int) -> int:
+        recipient = req.recipient.decode("utf-8", "surrogateescape")
+        host = recipient.rpartition("@")[2]
+        os.environ.update(env_from_headers(req.envh))
+        os.environ["MESSID"] = req.messid.decode()
+        args = [
+            "qmail-remote",
+            host,
+            req.sender.decode("utf-8", "surrogateescape"),
+            req.qqeh.decode("utf-8", "surrogateescape"),
+            str(size),
+            recipient,
+        ]
+        return int(qmail_remote.main(args) or 0)
+
+    return run
+
+
+def queue_layout(p: _paths.Paths) -> Layout:
+    queuedir = Path(os.environ.get("QUEUEDIR") or p.queue_dirs()[0])
+    return Layout(queuedir, split=p.conf_split, bigtodo=p.bigtodo)
+
+
+def _queue_owner(p: _paths.Paths) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(p.user("qmailq")).pw_uid
+    except KeyError:
+        return None
+
+
+def lspawn_main(argv: list[str]) -> int:
+    """qmail-lspawn defaultdelivery"""
+    p = _paths.get()
+    default = argv[1] if len(argv) > 1 else "./Maildir/"
+    sp = Spawner(queue_layout(p), lspawn_child(p, default), lspawn_report, _queue_owner(p))
+    return sp.serve()
+
+
+def rspawn_main(argv: list[str]) -> int:
+    """qmail-rspawn"""
+    p = _paths.get()
+    sp = Spawner(queue_layout(p), rspawn_child(), rspawn_report, _queue_owner(p))
+    return sp.serve()

@@ -1,0 +1,123 @@
+"""Preprocessing of ``todo/`` entries (todo-proc's job, done inside qmail-send).
+
+For ``todo/<id>``: drop stale info/local/remote files; create ``info/<id>``
+exclusively with the sender (and ``e``/``h`` records); classify each
+recipient into ``local/<id>`` or ``remote/<id>``; fsync them; then have
+qmail-clean remove ``intd/<id>`` and ``todo/<id>``.  A crash anywhere before
+that last step just repeats the work on the next start: todo still exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from indimail.queue.layout import Layout
+from indimail.send.rewrite import LOCAL, Rewriter
+
+
+class TodoError(Exception):
+    """Trouble with one todo entry; the message stays in todo for later."""
+
+
+@dataclass
+class Preprocessed:
+    """What the scheduler needs to know about a freshly preprocessed message."""
+
+    inode: int
+    sender: bytes
+    qp: bytes
+    uid: bytes
+    size: int
+    local: list[bytes]
+    remote: list[bytes]
+
+
+def parse_queue_envelope(data: bytes) -> tuple[dict[str, bytes], list[bytes]]:
+    """Records of an intd/todo file: single ones by letter, and the T list."""
+    single: dict[str, bytes] = {}
+    rcpts: list[bytes] = []
+    for rec in data.split(b"\0"):
+        if not rec:
+            continue
+        letter = chr(rec[0])
+        if letter == "T":
+            rcpts.append(rec[1:])
+        elif letter in "upFeh":
+            single.setdefault(letter, rec[1:])
+        else:
+            raise TodoError(f"unknown record type {letter!r}")
+    if "F" not in single:
+        raise TodoError("no sender record")
+    return single, rcpts
+
+
+def _write_new(path: Path, data: bytes, excl: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if excl else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def preprocess(layout: Layout, inode: int, rewriter: Rewriter) -> Preprocessed | None:
+    """Write info/local/remote for ``todo/<inode>``; None if it vanished.
+
+    The caller then asks qmail-clean to remove intd and todo.
+    """
+    todo = layout.path("todo", inode)
+    try:
+        with open(todo, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TodoError(f"trouble reading {todo}: {exc.strerror}") from None
+    try:
+        size = os.stat(layout.path("mess", inode)).st_size
+    except FileNotFoundError:
+        raise TodoError(f"no message file for {todo}") from None
+    single, rcpts = parse_queue_envelope(data)
+    info = layout.path("info", inode)
+    local = layout.path("local", inode)
+    remote = layout.path("remote", inode)
+    for stale in (info, local, remote):
+        _unlink_quiet(stale)
+    info_data = b"F" + single["F"] + b"\0"
+    if "e" in single:
+        info_data += b"e" + single["e"] + b"\0"
+    if "h" in single:
+        info_data += b"h" + single["h"] + b"\0"
+    chans: dict[str, list[bytes]] = {"L": [], "R": []}
+    for rcpt in rcpts:
+        chan, addr = rewriter.classify(rcpt)
+        chans[chan].append(addr)
+    try:
+        _write_new(info, info_data, excl=True)
+        for chan, path in ((LOCAL, local), ("R", remote)):
+            if chans[chan]:
+                _write_new(path, b"".join(b"T" + a + b"\0" for a in chans[chan]), excl=True)
+    except OSError as exc:
+        raise TodoError(f"trouble writing {exc.filename}: {exc.strerror}") from None
+    return Preprocessed(
+        inode=inode,
+        sender=single["F"],
+        qp=single.get("p", b"?"),
+        uid=single.get("u", b"?"),
+        size=size,
+        local=chans["L"],
+        remote=chans["R"],
+    )
