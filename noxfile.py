@@ -21,7 +21,12 @@ ROOT = Path(__file__).resolve().parent
 FROZEN = ROOT / "dist" / "indimail"
 
 # Debian packages whose programs the tests compare against: program -> package.
-PEERS = {"cdb": "tinycdb"}
+PEERS = {"cdb": "tinycdb", "smtp-sink": "postfix"}
+# Answers for packages that ask at install time (Postfix: install, do not configure).
+PRESEED = [
+    "postfix postfix/main_mailer_type select No configuration",
+    "postfix postfix/mailname string localhost",
+]
 
 
 def _install_peers(session: nox.Session) -> None:
@@ -33,6 +38,8 @@ def _install_peers(session: nox.Session) -> None:
         session.warn(f"not root or no apt-get: tests needing {missing} will skip")
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
+    preseed = "\n".join(PRESEED) + "\n"
+    session.run("sh", "-c", f"printf '%s' '{preseed}' | debconf-set-selections", external=True)
     session.run("apt-get", "update", "-qq", external=True, env=env)
     session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env=env)
 

@@ -10,6 +10,8 @@ alias...) maps to the invoking user, so the whole MTA runs without root:
     DIR/etc/users/assign      the invoking user -> DIR/home/<user>
     DIR/var/queue/queueN      QUEUE_COUNT queues made by queue-fix
     DIR/home/<user>/Maildir/  the user's mailbox
+    DIR/var/alias/            postmaster, mailer-daemon, root (.qmail-*) and
+                              every other local part (the ``+`` assign line)
     DIR/service DIR/log DIR/run
 
 A command invoked as ``DIR/bin/NAME`` finds ``DIR/indimail-paths.conf`` by
@@ -146,11 +148,20 @@ def create(
             target.write_text(value + "\n")
     home = top / "home" / user.pw_name
     make_maildir(home / "Maildir")
+    alias = p.qmailhome / "alias"
+    make_maildir(alias / "Maildir")
+    for name in ("postmaster", "mailer-daemon", "root"):
+        dot = alias / f".qmail-{name}"
+        if not dot.exists():
+            dot.write_text("./Maildir/\n")
     assign = p.assigndir / "assign"
     if not assign.exists():
-        assign.write_text(
-            f"={user.pw_name}:{user.pw_name}:{user.pw_uid}:{user.pw_gid}:{home}:::\n.\n"
-        )
+        ids = f"{user.pw_name}:{user.pw_uid}:{user.pw_gid}"
+        # the user by name; every other local part goes to the alias tree
+        assign.write_text(f"={user.pw_name}:{ids}:{home}:::\n+:{ids}:{alias}:-::\n.\n")
+    from indimail.deliver.qmail_newu import build
+
+    build(p.assigndir)
     for qdir in p.queue_dirs():
         create_queue(qdir, p)
     return conf

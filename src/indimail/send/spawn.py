@@ -147,6 +147,7 @@ class Spawner:
                 os.close(r)
                 os.dup2(messfd, 0)
                 os.dup2(w, 1)
+                os.dup2(w, 2)  # as the original: error texts are part of the report
                 if messfd > 2:
                     os.close(messfd)
                 if w > 2:
@@ -156,6 +157,7 @@ class Spawner:
                 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
                 sys.stdin = open(0, "rb", closefd=False)  # noqa: SIM115
                 sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
                 code = self.child(req, st.st_size)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 111
@@ -168,10 +170,11 @@ class Spawner:
                     pass
                 code = 111
             finally:
-                try:
-                    sys.stdout.flush()
-                except Exception:
-                    pass
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:
+                        pass
                 os._exit(code)
         os.close(w)
         os.close(messfd)
@@ -356,13 +359,9 @@ def rspawn_report(wstatus: int, output: bytes) -> bytes:
         return b"Zqmail-remote produced no output.\n"
     parts = output.split(b"\0")
     result = -1
-    message_text = b""
     for part in parts:
-        if not part:
-            continue
         if part[:1] in (b"K", b"Z", b"D"):
             result = {b"K": 1, b"Z": 0, b"D": -1}[part[:1]]
-            message_text = part[1:]
             break
     combined = result
     first = parts[0]
@@ -372,8 +371,9 @@ def rspawn_report(wstatus: int, output: bytes) -> bytes:
         combined = -1
     kind = {1: b"K", 0: b"Z", -1: b"D"}[combined]
     text = first[1:]
-    if result <= combined and message_text:
-        text += message_text
+    # the message report right after a recipient report adds to the text
+    if result <= combined and len(parts) > 1 and parts[1][:1] in (b"K", b"Z", b"D"):
+        text += parts[1][1:]
     return kind + text
 
 
