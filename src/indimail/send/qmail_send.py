@@ -206,8 +206,32 @@ class Sender:
                 raise SpawnerDied(f"{CHAN_NAME[c]} spawner died at start")
             self.spawn_max[c] = hello[0] | (hello[1] << 8)
             self._resize(c)
+        self.sweep()
         for inode in self.layout.entries("info"):
             self.pqadd(inode)
+
+    def sweep(self) -> None:
+        """Remove messages left half-written or half-removed by a crash.
+
+        With ``lock/enqueue`` held exclusively no qmail-queue is writing, so
+        a mess file with neither todo nor info is a leftover: of a killed
+        writer (never acknowledged) or of a crash in messdone (delivered).
+        """
+        lockpath = self.layout.root / "lock" / "enqueue"
+        try:
+            fd = os.open(lockpath, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            lay = self.layout
+            for inode in lay.entries("mess"):
+                if any(os.path.exists(lay.path(sub, inode)) for sub in ("todo", "info")):
+                    continue
+                self.log(f"warn: {self.argv0}: {self.queuedesc}: removing leftover mess/{inode}\n")
+                self.clean(f"foop/{inode}")
+        finally:
+            os.close(fd)
 
     def _resize(self, c: int) -> None:
         limit = min(self.cfg.concurrency[c], self.spawn_max[c])

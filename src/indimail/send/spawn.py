@@ -99,6 +99,7 @@ class Spawner:
         self.infd = infd
         self.outfd = outfd
         self.running: dict[int, Running] = {}  # by pid
+        self.parent = os.getppid()
         self.sel = selectors.DefaultSelector()
 
     def error(self, slot: int, text: bytes) -> None:
@@ -114,6 +115,8 @@ class Spawner:
             view = view[n:]
 
     def start(self, req: Request) -> None:
+        if os.getppid() != self.parent:
+            return  # qmail-send is gone: nobody would record the result
         if req.slot >= SPAWN:
             self.error(req.slot, b"ZInternal error: delnum too big. (#4.3.5)\n")
             return
