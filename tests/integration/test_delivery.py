@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_program
+from support import need_program
 
 LOG_PATTERNS = [
     r"new msg \d+ queue\d+",

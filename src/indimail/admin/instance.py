@@ -158,7 +158,11 @@ def create(
     if not assign.exists():
         ids = f"{user.pw_name}:{user.pw_uid}:{user.pw_gid}"
         # the user by name; every other local part goes to the alias tree
-        assign.write_text(f"={user.pw_name}:{ids}:{home}:::\n+:{ids}:{alias}:-::\n.\n")
+        assign.write_text(
+            f"={user.pw_name}:{ids}:{home}:::\n"
+            f"+{user.pw_name}-:{ids}:{home}:-::\n"
+            f"+:{ids}:{alias}:-::\n.\n"
+        )
     from indimail.deliver.qmail_newu import build
 
     build(p.assigndir)

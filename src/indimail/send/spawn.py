@@ -307,9 +307,13 @@ def lspawn_child(p: _paths.Paths, defaultdelivery: str) -> ChildFn:
     def run(req: Request, _size: int) -> int:
         recipient = req.recipient.decode("utf-8", "surrogateescape")
         local, _, domain = recipient.rpartition("@")
+        if not local:
+            return 0  # an empty local part is thrown away, as the original
         try:
             entry = users.find_user(local, p)
-        except Exception:  # users/cdb trouble is temporary
+        except users.UserLookupError as exc:
+            return exc.code
+        except OSError:
             return 117
         if entry is None:
             return 116
@@ -326,22 +330,22 @@ def lspawn_child(p: _paths.Paths, defaultdelivery: str) -> ChildFn:
                 return 127
         elif entry.uid != os.getuid():
             return 127
-        os.environ.update(env_from_headers(req.envh))
-        os.environ["MESSID"] = req.messid.decode()
-        args = [
-            "qmail-local",
-            "--",
-            entry.user,
-            entry.home,
-            local,
-            entry.dash,
-            entry.ext,
-            domain,
-            req.sender.decode("utf-8", "surrogateescape"),
-            defaultdelivery,
-            req.qqeh.decode("utf-8", "surrogateescape"),
-        ]
-        return int(qmail_local.main(args) or 0)
+        environ = dict(os.environ)
+        environ.update(env_from_headers(req.envh))
+        environ["MESSID"] = req.messid.decode()
+        args = qmail_local.LocalArgs(
+            user=entry.user,
+            homedir=entry.home,
+            local=local,
+            dash=entry.dash,
+            ext=entry.ext,
+            domain=domain,
+            sender=req.sender.decode("utf-8", "surrogateescape"),
+            defaultdelivery=defaultdelivery,
+            qqeh=req.qqeh.decode("utf-8", "surrogateescape"),
+        )
+        with open(1, "wb", buffering=0, closefd=False) as out:
+            return qmail_local.deliver(args, 0, out, environ=environ, controldir=p.controldir)
 
     return run
 
