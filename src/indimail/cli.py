@@ -56,6 +56,24 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "qmail-remote": ("indimail.deliver.qmail_remote", EXIT_TEMP),
     "qmail-tcpto": ("indimail.deliver.tcpto", EXIT_TEMP),
     "qmail-tcpok": ("indimail.deliver.tcpto", EXIT_TEMP),
+    # supervision
+    "svscan": ("indimail.daemontools.svscan", EXIT_TEMP),
+    "supervise": ("indimail.daemontools.supervise", EXIT_TEMP),
+    "svc": ("indimail.daemontools.svctl", EXIT_TEMP),
+    "svstat": ("indimail.daemontools.svctl", EXIT_TEMP),
+    "svok": ("indimail.daemontools.svctl", EXIT_TEMP),
+    "svps": ("indimail.daemontools.svps", EXIT_TEMP),
+    "multilog": ("indimail.daemontools.multilog", EXIT_TEMP),
+    "envdir": ("indimail.daemontools.tools", EXIT_TEMP),
+    "envuidgid": ("indimail.daemontools.tools", EXIT_TEMP),
+    "setuidgid": ("indimail.daemontools.tools", EXIT_TEMP),
+    "softlimit": ("indimail.daemontools.tools", EXIT_TEMP),
+    "setlock": ("indimail.daemontools.tools", EXIT_TEMP),
+    "fghack": ("indimail.daemontools.tools", EXIT_TEMP),
+    "pgrphack": ("indimail.daemontools.tools", EXIT_TEMP),
+    "readproctitle": ("indimail.daemontools.tools", EXIT_TEMP),
+    "tai64n": ("indimail.daemontools.tai64n_tools", EXIT_TEMP),
+    "tai64nlocal": ("indimail.daemontools.tai64n_tools", EXIT_TEMP),
 }
 
 

@@ -103,7 +103,7 @@ def start_queue(
 
     def rspawn() -> int:
         _become(p, "qmailr")
-        sp = spawn.Spawner(layout, spawn.rspawn_child(), spawn.rspawn_report, owner)
+        sp = spawn.Spawner(layout, spawn.rspawn_child(layout), spawn.rspawn_report, owner)
         return sp.serve()
 
     def clean() -> int:

@@ -384,15 +384,17 @@ def rspawn_report(wstatus: int, output: bytes) -> bytes:
     return kind + text
 
 
-def rspawn_child() -> ChildFn:
+def rspawn_child(layout: Layout) -> ChildFn:
     """The work of one remote delivery, run in the forked child."""
     from indimail.deliver import qmail_remote
 
     def run(req: Request, size: int) -> int:
         recipient = req.recipient.decode("utf-8", "surrogateescape")
         host = recipient.rpartition("@")[2]
-        os.environ.update(env_from_headers(req.envh))
-        os.environ["MESSID"] = req.messid.decode()
+        environ = dict(os.environ)
+        environ.update(env_from_headers(req.envh))
+        environ["MESSID"] = req.messid.decode()
+        environ["QUEUEDIR"] = str(layout.root)  # qmail-remote's lock/tcpto
         args = [
             "qmail-remote",
             host,
@@ -401,7 +403,8 @@ def rspawn_child() -> ChildFn:
             str(size),
             recipient,
         ]
-        return int(qmail_remote.main(args) or 0)
+        with open(1, "wb", buffering=0, closefd=False) as out:
+            return qmail_remote.run(args, 0, out, environ)
 
     return run
 
@@ -431,5 +434,6 @@ def lspawn_main(argv: list[str]) -> int:
 def rspawn_main(argv: list[str]) -> int:
     """qmail-rspawn"""
     p = _paths.get()
-    sp = Spawner(queue_layout(p), rspawn_child(), rspawn_report, _queue_owner(p))
+    layout = queue_layout(p)
+    sp = Spawner(layout, rspawn_child(layout), rspawn_report, _queue_owner(p))
     return sp.serve()
