@@ -1,0 +1,122 @@
+"""multilog end to end: 100,000 lines across rotations, then tai64nlocal."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+INDIMAIL = Path(sys.executable).parent / "indimail"
+TOTAL = 100_000
+CHUNK = 100  # lines per write: fewer rotations than the 4 old files kept
+
+
+def test_100k_lines_complete_and_in_order(tmp_path: Path):
+    main = tmp_path / "main"
+    proc = subprocess.Popen(
+        [str(INDIMAIL), "multilog", "t", "s4096", "n5", "./main"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    collected: dict[str, bytes] = {}
+    deadline = time.monotonic() + 240
+    try:
+        assert proc.stdin is not None
+        for start in range(0, TOTAL, CHUNK):
+            chunk = b"".join(b"line %06d of the test\n" % i for i in range(start, start + CHUNK))
+            proc.stdin.write(chunk)
+            proc.stdin.flush()
+            last = b"line %06d of the test\n" % (start + CHUNK - 1)
+            while True:
+                assert time.monotonic() < deadline, "multilog too slow"
+                if _tail_has(main, last):
+                    break
+                time.sleep(0.001)
+            _collect(main, collected)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    _collect(main, collected)
+    assert len(collected) > 1000  # many rotations happened
+    for name in collected:
+        assert re.fullmatch(r"@[0-9a-f]{24}\.s", name)
+    data = b"".join(collected[n] for n in sorted(collected)) + (main / "current").read_bytes()
+    lines = data.split(b"\n")
+    assert lines[-1] == b""
+    lines = lines[:-1]
+    assert len(lines) == TOTAL
+    previous = b""
+    for i, line in enumerate(lines):
+        label, text = line.split(b" ", 1)
+        assert text == b"line %06d of the test" % i
+        assert re.fullmatch(rb"@[0-9a-f]{24}", label)
+        assert label >= previous
+        previous = label
+    for name in os.listdir(main):
+        if name.startswith("@"):
+            assert (main / name).stat().st_size <= 4096
+    assert len([n for n in os.listdir(main) if n.startswith("@")]) <= 4
+    assert oct((main / "current").stat().st_mode & 0o777) == "0o744"
+
+    # tai64nlocal turns the labels into local time, the rest unchanged
+    sample = b"\n".join(lines[:50]) + b"\n"
+    res = subprocess.run(
+        [str(INDIMAIL), "tai64nlocal"], input=sample, capture_output=True, timeout=30
+    )
+    assert res.returncode == 0
+    out = res.stdout.decode().splitlines()
+    assert len(out) == 50
+    for i, (raw, conv) in enumerate(zip(lines[:50], out, strict=True)):
+        m = re.fullmatch(
+            r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{9}) line (\d{6}) of the test", conv
+        )
+        assert m and int(m.group(3)) == i
+        label = raw.split(b" ", 1)[0]
+        secs = int(label[1:17], 16) - (1 << 62) - 10
+        nanos = int(label[17:25], 16)
+        assert m.group(1) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(secs))
+        assert int(m.group(2)) == nanos
+
+
+def _tail_has(main: Path, last: bytes) -> bool:
+    try:
+        cur = (main / "current").read_bytes()
+    except OSError:
+        return False
+    if cur.endswith(last):
+        return True
+    if cur:
+        return False
+    try:
+        olds = sorted(n for n in os.listdir(main) if n.startswith("@"))
+        return bool(olds) and (main / olds[-1]).read_bytes().endswith(last)
+    except OSError:
+        return False
+
+
+def _collect(main: Path, collected: dict[str, bytes]) -> None:
+    for name in os.listdir(main):
+        if name.startswith("@") and name not in collected:
+            try:
+                collected[name] = (main / name).read_bytes()
+            except FileNotFoundError:
+                raise AssertionError(f"{name} deleted before it was read") from None
+
+
+def test_tai64n_prefixes_each_line():
+    res = subprocess.run(
+        [str(INDIMAIL), "tai64n"], input=b"one\ntwo\npartial", capture_output=True, timeout=30
+    )
+    assert res.returncode == 0
+    lines = res.stdout.split(b"\n")
+    assert len(lines) == 3
+    for line, text in zip(lines, (b"one", b"two", b"partial"), strict=True):
+        assert re.fullmatch(rb"@[0-9a-f]{24} " + text, line)
