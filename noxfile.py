@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parent
 FROZEN = ROOT / "dist" / "indimail"
 
 # Debian packages whose programs the tests compare against: program -> package.
-PEERS = {"cdb": "tinycdb", "smtp-sink": "postfix"}
+PEERS = {
+    "cdb": "tinycdb",
+    "smtp-sink": "postfix",
+    "svstat": "daemontools",
+    "tcprulescheck": "ucspi-tcp",
+    "doveadm": "dovecot-core",
+}
 # Answers for packages that ask at install time (Postfix: install, do not configure).
 PRESEED = [
     "postfix postfix/main_mailer_type select No configuration",
