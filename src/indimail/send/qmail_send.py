@@ -448,19 +448,28 @@ class Sender:
         name = self._delname(d.delid)
         if kind == b"K":
             self.log(f"delivery {name}: success: {safe_log_text(text)} {self.queuedesc}\n")
-            self.markdone(c, job.id, d.pos)
             job.numtodo -= 1
+            self.markdone_unless_last(c, job, d.pos)
         elif kind == b"Z":
             self.log(f"delivery {name}: deferral: {safe_log_text(text)} {self.queuedesc}\n")
         elif kind == b"D":
             self.log(f"delivery {name}: failure: {safe_log_text(text)} {self.queuedesc}\n")
             self.addbounce(job.id, d.recipient, text)
-            self.markdone(c, job.id, d.pos)
             job.numtodo -= 1
+            self.markdone_unless_last(c, job, d.pos)
         else:
             self.log(f"delivery {name}: report mangled, will defer: {self.queuedesc}\n")
         self.job_close(job)
         self.status()
+
+    def markdone_unless_last(self, c: int, job: Job, pos: int) -> None:
+        """Mark a recipient done, unless job_close is about to remove the
+        whole channel file anyway: then the unlink is the record, and the
+        write+fsync would be wasted (a crash in between redelivers, the same
+        window as a crash before markdone)."""
+        if job.numtodo == 0 and job.hit_eof and job.refs == 1:
+            return
+        self.markdone(c, job.id, pos)
 
     def markdone(self, c: int, inode: int, pos: int) -> None:
         path = self.layout.path(CHAN_FILE[c], inode)
