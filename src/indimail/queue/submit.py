@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,12 @@ class Queued:
 
 
 def is_ours(program: str) -> bool:
-    """True if QMAILQUEUE names one of our queue programs."""
-    return os.path.basename(program.split()[0]) in OUR_QUEUE_PROGRAMS if program.strip() else True
+    """True if QMAILQUEUE is unset or names one of our queue programs alone
+    (with arguments it is run as a program, so the arguments take effect)."""
+    words = program.split()
+    if not words:
+        return True
+    return len(words) == 1 and os.path.basename(words[0]) in OUR_QUEUE_PROGRAMS
 
 
 def submit(
@@ -98,13 +103,16 @@ def _submit_external(
     env = dict(environ)
     msg_r, msg_w = os.pipe()
     env_r, env_w = os.pipe()
+    # stderr to a file: a chatty program must never block on a full pipe
+    errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed on every path below
     try:
         proc = subprocess.Popen(
-            argv, stdin=msg_r, stdout=env_r, env=env, close_fds=True, stderr=subprocess.PIPE
+            argv, stdin=msg_r, stdout=env_r, env=env, close_fds=True, stderr=errfile
         )
     except OSError as exc:
         for fd in (msg_r, msg_w, env_r, env_w):
             os.close(fd)
+        errfile.close()
         raise SubmitError(
             codes.EXEC_QMAILQUEUE,
             codes.text_for(codes.EXEC_QMAILQUEUE),
@@ -112,25 +120,43 @@ def _submit_external(
         ) from None
     os.close(msg_r)
     os.close(env_r)
+    read_error: str | None = None
     try:
         with os.fdopen(msg_w, "wb") as out:
             if isinstance(message, bytes | bytearray):
                 out.write(message)
             else:
-                while chunk := message.read(65536):
+                while True:
+                    try:
+                        chunk = message.read(65536)
+                    except OSError as exc:
+                        read_error = exc.strerror or str(exc)
+                        break
+                    if not chunk:
+                        break
                     out.write(chunk)
     except BrokenPipeError:
         pass
+    if read_error is not None:
+        os.close(env_w)  # no envelope: the program sees EOF and gives up
+        proc.wait()
+        errfile.close()
+        raise SubmitError(
+            codes.READ_ERR, codes.text_for(codes.READ_ERR), f"trouble reading message: {read_error}"
+        )
     try:
         with os.fdopen(env_w, "wb") as out:
             out.write(envelope_bytes(sender, recipients))
     except BrokenPipeError:
         pass
-    _, err = proc.communicate()
-    code = proc.returncode
+    code = proc.wait()
+    errfile.seek(0)
+    err = errfile.read(65536)
+    errfile.close()
     if code == 0:
         return Queued(inode=0, queuedir=None, qp=proc.pid)
     if code < 0:
         raise SubmitError(codes.CRASHED, codes.text_for(codes.CRASHED), f"killed by signal {-code}")
-    custom = err.decode("utf-8", "replace").strip() if code == codes.CUSTOM_ERR else None
-    raise SubmitError(code, codes.text_for(code, custom), err.decode("utf-8", "replace").strip())
+    text = err.decode("utf-8", "replace").strip()
+    custom = text if code == codes.CUSTOM_ERR else None
+    raise SubmitError(code, codes.text_for(code, custom), text)
