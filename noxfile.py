@@ -83,16 +83,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """Create a rootless instance in ./demo and queue one message in it."""
+    """A rootless instance in ./demo with delivery running; one message delivered."""
     session.install("-e", ".")
     top = ROOT / "demo"
-    force = ["-f"] if (top / "indimail-paths.conf").exists() else []
-    session.run("indimail", "indimail-instance", *force, str(top))
     env = {"INDIMAIL_PATHS": str(top / "indimail-paths.conf")}
-    user = os.environ.get("USER") or "postmaster"
-    msg = f"To: {user}\nSubject: demo\n\nHello from the indimail-mta demo.\n"
-    session.run(
-        "sh", "-c", f"printf '%s' \"$0\" | {top}/bin/sendmail -t", msg, env=env, external=True
-    )
-    session.run(str(top / "bin" / "qmail-qread"), env=env, external=True)
-    session.log(f"instance ready: . {top}/env")
+    session.run("python", "packaging/demo.py", str(top), env=env)

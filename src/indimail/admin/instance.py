@@ -36,9 +36,16 @@ USAGE = "usage: indimail-instance [-q queues] [-s split] [-H fqdn] [-f] DIR"
 
 
 def default_fqdn() -> str:
-    """The host's FQDN as config-fast would take it."""
-    name = socket.getfqdn() or socket.gethostname() or "localhost"
-    return name.lower()
+    """The host's FQDN as config-fast would take it.
+
+    A name without a dot gets ``.localdomain``: qmail-inject appends
+    ``defaultdomain`` to undotted hosts, so an undotted ``me`` would make the
+    instance's own addresses look remote.
+    """
+    name = (socket.getfqdn() or socket.gethostname() or "localhost").lower()
+    if "." not in name:
+        name += ".localdomain"
+    return name
 
 
 def control_defaults(fqdn: str, queue_base: Path) -> dict[str, str]:
