@@ -32,7 +32,7 @@ from indimail.core import paths as _paths
 from indimail.queue.layout import Layout
 from indimail.send import bounce as _bounce
 from indimail.send.rewrite import Rewriter
-from indimail.send.todo import TodoError, preprocess
+from indimail.send.todo import TodoError, preprocess, sync_all
 
 CHANNELS = (0, 1)  # 0 local, 1 remote
 CHAN_NAME = ("local", "remote")
@@ -257,17 +257,37 @@ class Sender:
             heapq.heappush(self.pqdone, (time.time(), inode))
 
     # -- todo ------------------------------------------------------------
+    TODO_BATCH = 64
+
     def scan_todo(self) -> None:
-        for inode in sorted(self.layout.entries("todo")):
+        entries = sorted(self.layout.entries("todo"))
+        for start in range(0, len(entries), self.TODO_BATCH):
             if self.exiting:
                 return
+            self._todo_batch(entries[start : start + self.TODO_BATCH])
+        self.todo_due = time.time() + SLEEP_TODO
+
+    def _todo_batch(self, inodes: list[int]) -> None:
+        """Preprocess a batch, sync it with one journal commit, then let
+        qmail-clean drop intd/todo and schedule the messages."""
+        unsynced: list[int] = []
+        done = []
+        for inode in inodes:
             try:
-                result = preprocess(self.layout, inode, self.cfg.rewriter)
+                result = preprocess(self.layout, inode, self.cfg.rewriter, unsynced)
             except TodoError as exc:
                 self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
                 continue
-            if result is None:
-                continue
+            if result is not None:
+                done.append(result)
+        try:
+            sync_all(unsynced)
+        except TodoError as exc:
+            # todo/ still holds them: the next scan redoes the work
+            self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
+            return
+        for result in done:
+            inode = result.inode
             self.log(f"new msg {inode} {self.queuedesc}\n")
             self.log(
                 f"info msg {inode}: bytes {result.size} from "
@@ -283,7 +303,6 @@ class Sender:
                 heapq.heappush(self.pq[1], (now, inode))
             if not result.local and not result.remote:
                 heapq.heappush(self.pqdone, (now, inode))
-        self.todo_due = time.time() + SLEEP_TODO
 
     def clean(self, request: str) -> bool:
         try:

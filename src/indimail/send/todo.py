@@ -53,7 +53,9 @@ def parse_queue_envelope(data: bytes) -> tuple[dict[str, bytes], list[bytes]]:
     return single, rcpts
 
 
-def _write_new(path: Path, data: bytes, excl: bool) -> None:
+def _write_new(path: Path, data: bytes, excl: bool, unsynced: list[int] | None) -> None:
+    """Write ``path``; fsync now, or leave the fd in ``unsynced`` for the
+    caller to fsync with a whole batch (one journal commit for many)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if excl else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
     try:
@@ -61,9 +63,31 @@ def _write_new(path: Path, data: bytes, excl: bool) -> None:
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
-    finally:
+        if unsynced is None:
+            os.fsync(fd)
+    except BaseException:
         os.close(fd)
+        raise
+    if unsynced is None:
+        os.close(fd)
+    else:
+        unsynced.append(fd)
+
+
+def sync_all(fds: list[int]) -> None:
+    """fsync and close every fd of a batch; the first fsync commits the
+    journal for all of them, the others find little left to do."""
+    error: OSError | None = None
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            error = error or exc
+        finally:
+            os.close(fd)
+    fds.clear()
+    if error is not None:
+        raise TodoError(f"trouble syncing preprocessed files: {error.strerror}")
 
 
 def _unlink_quiet(path: Path) -> None:
@@ -73,10 +97,14 @@ def _unlink_quiet(path: Path) -> None:
         pass
 
 
-def preprocess(layout: Layout, inode: int, rewriter: Rewriter) -> Preprocessed | None:
+def preprocess(
+    layout: Layout, inode: int, rewriter: Rewriter, unsynced: list[int] | None = None
+) -> Preprocessed | None:
     """Write info/local/remote for ``todo/<inode>``; None if it vanished.
 
-    The caller then asks qmail-clean to remove intd and todo.
+    With ``unsynced`` the new files are left open there, unsynced: the
+    caller must :func:`sync_all` them before it asks qmail-clean to remove
+    intd and todo.
     """
     todo = layout.path("todo", inode)
     try:
@@ -106,10 +134,10 @@ def preprocess(layout: Layout, inode: int, rewriter: Rewriter) -> Preprocessed |
         chan, addr = rewriter.classify(rcpt)
         chans[chan].append(addr)
     try:
-        _write_new(info, info_data, excl=True)
+        _write_new(info, info_data, True, unsynced)
         for chan, path in ((LOCAL, local), ("R", remote)):
             if chans[chan]:
-                _write_new(path, b"".join(b"T" + a + b"\0" for a in chans[chan]), excl=True)
+                _write_new(path, b"".join(b"T" + a + b"\0" for a in chans[chan]), True, unsynced)
     except OSError as exc:
         raise TodoError(f"trouble writing {exc.filename}: {exc.strerror}") from None
     return Preprocessed(
