@@ -74,6 +74,12 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "readproctitle": ("indimail.daemontools.tools", EXIT_TEMP),
     "tai64n": ("indimail.daemontools.tai64n_tools", EXIT_TEMP),
     "tai64nlocal": ("indimail.daemontools.tai64n_tools", EXIT_TEMP),
+    # ucspi-tcp
+    "tcprules": ("indimail.ucspi.tcprules_cmd:tcprules_main", EXIT_TEMP),
+    "tcprulescheck": ("indimail.ucspi.tcprules_cmd:tcprulescheck_main", EXIT_TEMP),
+    "tcpserver": ("indimail.ucspi.tcpserver", EXIT_TEMP),
+    "tcpclient": ("indimail.ucspi.tcpclient", EXIT_TEMP),
+    "rblsmtpd": ("indimail.ucspi.rblsmtpd", EXIT_TEMP),
 }
 
 
