@@ -58,6 +58,7 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "qmail-tcpok": ("indimail.deliver.tcpto", EXIT_TEMP),
     # supervision
     "svscan": ("indimail.daemontools.svscan", EXIT_TEMP),
+    "svscanboot": ("indimail.daemontools.svscanboot", EXIT_TEMP),
     "supervise": ("indimail.daemontools.supervise", EXIT_TEMP),
     "svc": ("indimail.daemontools.svctl", EXIT_TEMP),
     "svstat": ("indimail.daemontools.svctl", EXIT_TEMP),

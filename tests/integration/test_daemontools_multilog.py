@@ -120,3 +120,35 @@ def test_tai64n_prefixes_each_line():
     assert len(lines) == 3
     for line, text in zip(lines, (b"one", b"two", b"partial"), strict=True):
         assert re.fullmatch(rb"@[0-9a-f]{24} " + text, line)
+
+
+def test_rotate_every_n_seconds(tmp_path: Path):
+    main = tmp_path / "main"
+    proc = subprocess.Popen(
+        [str(INDIMAIL), "multilog", "r1", "./main"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 10
+        olds: list[str] = []
+        while not olds and time.monotonic() < deadline:
+            time.sleep(0.1)
+            olds = [p for p in os.listdir(main) if p.startswith("@")] if main.exists() else []
+        assert olds, "no rotation within 10 s with r1"
+        assert (main / olds[0]).read_bytes() == b"first\n"
+        time.sleep(1.5)  # an empty current is not rotated
+        assert [p for p in os.listdir(main) if p.startswith("@")] == olds
+        proc.stdin.write(b"second\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+        assert (main / "current").read_bytes() == b"second\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)

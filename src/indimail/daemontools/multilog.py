@@ -502,9 +502,9 @@ class Multilog:
             if self.flagexit and not midline:
                 break
             try:
-                poller.poll()
+                ready = {fd for fd, _ev in poller.poll()}
             except InterruptedError:  # pragma: no cover
-                pass
+                ready = set()
             try:
                 while os.read(wake, 256):
                     pass
@@ -512,6 +512,8 @@ class Multilog:
                 pass
             if self.flagexit and not midline:
                 break
+            if infd not in ready:
+                continue  # woken by a signal (ALRM, rN): nothing to read yet
             try:
                 data = os.read(infd, 1 if self.flagexit else 65536)
             except BlockingIOError:

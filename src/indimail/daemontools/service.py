@@ -29,6 +29,7 @@ from pathlib import Path
 from indimail.core import tai64n
 from indimail.daemontools import status as statusfile
 from indimail.daemontools.loop import Loop
+from indimail.daemontools.svdir import find_supervise
 
 BACKOFF = 1.0  # seconds between two starts of a service
 INIT_RETRY = 60.0
@@ -153,6 +154,9 @@ class Service:
         self.restart_pending = False
         self.group_next = False  # 'G' seen: next signal goes to the group
         self.grandchildren: set[int] = set()
+        self.pgid = 0  # process group of the service (sticky run / SETPGID)
+        self.sticky = False
+        self.setpgrp = False
         self.up = False
         self.wait = 0
         self.stamp = tai64n.now_pack()
@@ -247,6 +251,8 @@ class Service:
             if pid and self.loop.watch_pid(pid, self._on_child_exit):
                 st = statusfile.decode(self.previous or b"")
                 self.childpid = pid
+                with contextlib.suppress(OSError):
+                    self.pgid = pid if os.getpgid(pid) == pid else 0
                 self.adopted = True
                 self.paused = st.paused
                 self.wantxx = st.want != ""
@@ -371,10 +377,11 @@ class Service:
         if seconds > 32767 or seconds < 0:
             seconds = 60
         other = os.fsdecode(lines[1].strip())
-        base = Path(other) if other.startswith("/") else self.statedir.parent / other
-        if not base.exists():
-            return False
-        upfifo = base / "supervise" / self.env.get("UPFIFO", "up")
+        target = Path(other) if other.startswith("/") else self.svdir.parent / other
+        if not target.exists():
+            return False  # no such service: do not wait
+        sup = find_supervise(str(target), self.env)[0]
+        upfifo = sup / self.env.get("UPFIFO", "up")
         self.busy_hook = True
         self.pidchange(0, False)
         self.wait = -2
@@ -395,7 +402,7 @@ class Service:
                 return
             os.close(fd)
             try:
-                with open(base / "supervise" / "status", "rb") as fh:
+                with open(sup / "status", "rb") as fh:
                     st = statusfile.decode(fh.read(64))
                 ready = st.up and st.pid and not st.paused and st.want != "d"
             except (OSError, ValueError):
@@ -459,6 +466,7 @@ class Service:
                 os.setpgid(pid, pid)
         self.last_start = time.monotonic()
         self.childpid = pid
+        self.pgid = pid if setpgrp else 0
         self.adopted = False
         self.paused = False
         self.grandchildren.clear()
@@ -529,11 +537,7 @@ class Service:
     def _on_child_exit(self, pid: int, wstat: int | None) -> None:
         if pid != self.childpid and pid not in self.grandchildren:
             return
-        if pid in self.grandchildren:
-            self.grandchildren.discard(pid)
-            if self.grandchildren:
-                return
-        elif self.sticky_orphans(pid):
+        if self.sticky_orphans(pid):
             return
         self._postmortem(pid, wstat)
         self.childpid = 0
@@ -566,29 +570,38 @@ class Service:
             self._open_fifo("dn")
 
     def sticky_orphans(self, pid: int) -> bool:
-        """After a sticky-bit ``run`` exited: the daemons it left behind
-        (reparented to us, in its process group) keep the service up."""
-        if not getattr(self, "sticky", False) or self.adopted:
+        """In subreaper mode (sticky ``run``), after ``pid`` of the service
+        ended: the processes of its group that were reparented to us (a
+        daemon that double-forked, or what such a daemon left behind) keep
+        the service up; True while there are any."""
+        if not self.sticky or self.adopted:
             return False
+        self.grandchildren.discard(pid)
+        group = self.pgid or pid
         me = os.getpid()
-        found = set()
+        found = set(self.grandchildren)
         try:
             names = os.listdir("/proc")
         except OSError:
-            return False
+            names = []
         for entry in names:
-            if not entry.isdigit():
-                continue
-            info = _proc_stat(int(entry))
-            if info and info[0] == me and (info[1] == pid or info[2] == pid):
-                found.add(int(entry))
+            if entry.isdigit() and int(entry) not in found:
+                info = _proc_stat(int(entry))
+                if info and info[0] == me and group in (info[1], info[2]):
+                    found.add(int(entry))
         if not found:
             return False
-        self.warn(f"pid {pid} did double fork")
-        self.grandchildren = found
-        for gpid in found:
+        if not self.grandchildren:
+            self.warn(f"pid {pid} did double fork")
+        else:
+            self.warn(f"pid {pid} double fork by ppid {self.pgid} died")
+        for gpid in found - self.grandchildren:
             self.loop.watch_child(gpid, self._on_child_exit)
+        self.grandchildren = found
+        # svstat shows a live daemon (the fork keeps the dead run's pid and
+        # its svstat prints "?pid"); signals go to the run's process group.
         self.childpid = min(found)
+        self.pgid = group
         self.announce()
         return True
 
@@ -630,13 +643,14 @@ class Service:
             return
         targets = sorted(self.grandchildren) if self.grandchildren else [pid]
         for sig in signals:
+            if (group or self.grandchildren) and self.pgid:
+                try:
+                    os.killpg(self.pgid, sig)
+                    self.info(f"killed pgid {self.pgid} with signal {sig}")
+                    continue
+                except OSError:
+                    pass  # no such group: the pids themselves
             for target in targets:
-                if group or self.grandchildren:
-                    try:
-                        os.killpg(target if not self.grandchildren else pid, sig)
-                        continue
-                    except OSError:
-                        pass
                 try:
                     os.kill(target, sig)
                 except ProcessLookupError:
@@ -668,7 +682,10 @@ class Service:
             sig()
 
     def command(self, ch: str) -> None:
-        group, self.group_next = self.group_next, False
+        # 'G' holds until a letter that signals the service uses it
+        group = self.group_next
+        if self.childpid and (ch in SIGNALS or ch in "drpc"):
+            self.group_next = False
         if ch == "G":
             self.group_next = True
         elif ch == "u":

@@ -381,6 +381,36 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def pidfile_path(sdir: Path, env: dict[str, str], create: bool = False) -> Path:
+    """``RUNDIR/svscan/.svscan.pid`` when the run directory exists (made
+    with ``create``) unless DISABLE_RUN, else ``sdir/.svscan.pid``."""
+    if env.get("DISABLE_RUN"):
+        return sdir / PIDFILE
+    from indimail.core import paths
+
+    rundir = paths.load(env).rundir
+    if not rundir.is_dir():
+        return sdir / PIDFILE
+    if create:
+        try:
+            os.makedirs(rundir / "svscan", mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise Fatal(111, f"fatal: unable to mkdir {rundir}/svscan: {exc.strerror}") from None
+    return rundir / "svscan" / PIDFILE
+
+
+def running_svscan(pidfile: Path) -> int:
+    """Pid of a live svscan holding ``pidfile``, else 0."""
+    try:
+        data = pidfile.read_bytes()
+        pid = struct.unpack("=i", data[:4])[0] if len(data) >= 4 else 0
+    except OSError:
+        return 0
+    if pid <= 0 or pid == os.getpid():
+        return 0
+    return pid if _comm(pid) == "svscan" else 0
+
+
 def get_lock(pidfile: Path, mypid: int) -> None:
     """Create the pid file (O_EXCL); a stale one is removed; a live svscan
     holding it is an error."""
@@ -465,19 +495,7 @@ def main(argv: list[str]) -> int:
         want = min(hard, max(soft, 8 * maxsvc + 64))
         if want > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    pidfile = sdir / PIDFILE
-    if not env.get("DISABLE_RUN"):
-        from indimail.core import paths
-
-        rundir = paths.load(env).rundir
-        if rundir.is_dir():
-            try:
-                os.makedirs(rundir / "svscan", mode=0o755, exist_ok=True)
-                pidfile = rundir / "svscan" / PIDFILE
-            except OSError as exc:
-                raise Fatal(
-                    111, f"fatal: unable to mkdir {rundir}/svscan: {exc.strerror}"
-                ) from None
+    pidfile = pidfile_path(sdir, env, create=True)
     get_lock(pidfile, mypid)
     env["SCANDIR"] = str(sdir)
     env["PWD"] = str(sdir)

@@ -665,6 +665,7 @@ class Sender:
         for c in CHANNELS:
             os.set_blocking(self.spawn_in[c], False)
             sel.register(self.spawn_in[c], selectors.EVENT_READ, c)
+        self._handle_signals()  # any that arrived during start-up
         self.scan_todo()
         try:
             while True:

@@ -84,6 +84,11 @@ def start_queue(
     """qmail-start for one queue; returns qmail-send's exit code."""
     from indimail.send import qmail_clean, qmail_send, spawn
 
+    # Signals that arrive while starting up are kept for qmail-send's loop
+    # (a default ALRM or HUP would kill the queue).
+    pending: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT):
+        signal.signal(sig, lambda s, _f: pending.append(s))
     os.environ["QUEUEDIR"] = str(queuedir)
     if qident:
         os.environ["QIDENT"] = qident
@@ -141,6 +146,7 @@ def start_queue(
         p.controldir,
         qident,
     )
+    sender.signals = pending
     sender.start()
     return sender.run(qmail_send.open_trigger(layout))
 
@@ -194,14 +200,10 @@ def scheduler_main(argv: list[str]) -> int:
         if pid == 0:
             code = 111
             try:
-                for sig in (
-                    signal.SIGTERM,
-                    signal.SIGHUP,
-                    signal.SIGALRM,
-                    signal.SIGINT,
-                    signal.SIGCHLD,
-                ):
-                    signal.signal(sig, signal.SIG_DFL)
+                # TERM/HUP/ALRM keep a recording handler until start_queue
+                # installs its own: a default one would kill the queue.
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
                 code = start_queue(p, queues[ident], default, logger, ident)
             except Fatal as exc:
                 sys.stderr.write(f"qscheduler: queue{ident}: {exc.message}\n")

@@ -131,3 +131,28 @@ def test_lock_busy(tmp_path: Path, monkeypatch):
         assert exc.value.code == 111
     finally:
         os.close(fd)
+
+
+def test_processor_filters_old_files_and_keeps_state(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(multilog, "PAUSE", 0.01)
+    # the processor fails once (rerun), then upper-cases the old file and
+    # appends one line to the state it is handed on fd 4 (written to fd 5)
+    proc = (
+        "if [ ! -f ../failed ]; then : > ../failed; exit 1; fi; "
+        "cat <&4 >&5; echo rotated >&5; tr a-z A-Z"
+    )
+    lines = [b"line %05d lower case text" % i for i in range(400)]
+    _run(tmp_path, ["s4096", "n100", "!" + proc, "./main"], b"\n".join(lines) + b"\n", monkeypatch)
+    main = tmp_path / "main"
+    olds = sorted(p for p in os.listdir(main) if p.startswith("@"))
+    assert len(olds) >= 2 and all(p.endswith(".s") for p in olds)
+    got = b"".join((main / p).read_bytes() for p in olds) + (main / "current").read_bytes()
+    n_old = sum(len((main / p).read_bytes().splitlines()) for p in olds)
+    assert got.splitlines()[:n_old] == [ln.upper() for ln in lines[:n_old]]
+    assert got.splitlines()[n_old:] == lines[n_old:]  # current is not processed yet
+    assert (main / "state").read_bytes() == b"rotated\n" * len(olds)
+    assert (tmp_path / "failed").exists()
+    for name in ("previous", "processed", "newstate"):
+        assert not (main / name).exists()
+    for p in olds:
+        assert oct((main / p).stat().st_mode & 0o777) == "0o744"
