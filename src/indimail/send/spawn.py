@@ -62,9 +62,23 @@ def parse_requests(buf: bytearray) -> list[Request]:
                 return out
             fields.append(bytes(buf[pos:end]))
             pos = end + 1
-        out.append(Request(buf[0] | (buf[1] << 8), *fields))
+        slot = buf[0] | (buf[1] << 8)
+        messid, sender, qqeh, envh, recipient = fields
+        out.append(Request(slot, messid, expand_verp(sender, recipient), qqeh, envh, recipient))
         del buf[:pos]
     return out
+
+
+def expand_verp(sender: bytes, recipient: bytes) -> bytes:
+    """``pre-@host-@[]`` -> ``pre-<rbox>=<rhost>@host`` for this recipient."""
+    if not sender.endswith(b"-@[]"):
+        return sender
+    core = sender[:-4]  # pre-@host
+    at = core.rfind(b"@")
+    if at == -1:
+        return sender
+    rbox, _, rhost = recipient.rpartition(b"@")
+    return core[:at] + rbox + b"=" + rhost + core[at:]
 
 
 def env_from_headers(envh: bytes) -> dict[str, str]:

@@ -1,0 +1,173 @@
+"""Pure pieces of the delivery engine: retry formula, rewriting, reports, bounces."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from indimail.send import bounce, spawn
+from indimail.send.qmail_send import next_retry, safe_log_text
+from indimail.send.rewrite import Rewriter
+
+
+@pytest.mark.parametrize(
+    ("age", "chanskip", "expect"),
+    [
+        (0, 10, 100),
+        (99, 10, 361),
+        (100, 10, 400),
+        (399, 10, 841),
+        (400, 10, 900),
+        (0, 20, 400),
+        (400, 20, 1600),
+        (1600, 20, 3600),
+        (-5, 20, 400),
+    ],
+)
+def test_next_retry_formula(age, chanskip, expect):
+    birth = 1_000_000
+    assert next_retry(birth, birth + age, chanskip) == birth + expect
+
+
+def test_safe_log_text():
+    assert safe_log_text(b"did 1+0+0\n") == "did_1+0+0/"
+    assert safe_log_text(b"100% \xff\tok") == "100__\x5f_ok".replace("\x5f\x5f\x5f", "___")
+
+
+@pytest.fixture
+def rewriter():
+    return Rewriter(
+        envnoathost=b"mx.example.test",
+        locals={b"mx.example.test", b"localhost"},
+        percenthack={b"relay.test"},
+        virtualdomains={
+            b"virt.test": b"virt.test",
+            b"joe@special.test": b"jj",
+            b".sub.test": b"subs",
+            b"exc.sub.test": b"",
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("addr", "expect"),
+    [
+        (b"root", ("L", b"root@mx.example.test")),
+        (b"a@MX.Example.Test", ("L", b"a@MX.Example.Test")),
+        (b"a@remote.test", ("R", b"a@remote.test")),
+        (b"u%mx.example.test@relay.test", ("L", b"u@mx.example.test")),
+        (b"u%far.test@relay.test", ("R", b"u@far.test")),
+        (b"bob@virt.test", ("L", b"virt.test-bob@virt.test")),
+        (b"joe@special.test", ("L", b"jj-joe@special.test")),
+        (b"x@a.sub.test", ("L", b"subs-x@a.sub.test")),
+        (b"x@exc.sub.test", ("R", b"x@exc.sub.test")),
+    ],
+)
+def test_rewrite(rewriter, addr, expect):
+    assert rewriter.classify(addr) == expect
+
+
+def _status(code: int = 0, signal: int = 0) -> int:
+    return signal if signal else code << 8
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "expect"),
+    [
+        (_status(0), b"did 1+0+0\n", b"Kdid 1+0+0\n"),
+        (_status(111), b"Uh-oh\n", b"ZUh-oh\n"),
+        (_status(100), b"Sorry\n", b"DSorry\n"),
+        (_status(75), b"x\n", b"Zx\n"),
+        (_status(64), b"x\n", b"Dx\n"),
+        (_status(117), b"", b"ZTrouble reading users/cdb in qmail-lspawn.\n"),
+        (_status(signal=9), b"", b"Zqmail-local crashed.\n"),
+    ],
+)
+def test_lspawn_report(status, output, expect):
+    assert spawn.lspawn_report(status, output) == expect
+
+
+@pytest.mark.parametrize(
+    ("output", "expect"),
+    [
+        (b"rok\0Kaccepted\0", b"Kokaccepted"),
+        (b"hno such user\0DGiving up\0", b"Dno such userGiving up"),
+        (b"stry later\0DGiving up\0", b"Ztry laterGiving up"),
+        (b"DSorry, no host\0", b"DSorry, no host"),
+        (b"ZConnected but died\0", b"ZConnected but died"),
+        (b"", b"Zqmail-remote produced no output.\n"),
+    ],
+)
+def test_rspawn_report(output, expect):
+    assert spawn.rspawn_report(_status(0), output) == expect
+
+
+def test_rspawn_report_exit_codes():
+    assert spawn.rspawn_report(_status(111), b"") == b"ZUnable to run qmail-remote.\n"
+    assert spawn.rspawn_report(_status(1), b"") == b"DUnable to run qmail-remote.\n"
+    assert spawn.rspawn_report(_status(signal=11), b"") == b"Zqmail-remote crashed.\n"
+
+
+def test_parse_requests_partial_and_verp():
+    buf = bytearray(b"\x05\x0012/345\0list-@lists.test-@[]\0\0\0joe@x.org\0\x06\x00")
+    (req,) = spawn.parse_requests(buf)
+    assert (req.slot, req.messid, req.recipient) == (5, b"12/345", b"joe@x.org")
+    assert req.sender == b"list-joe=x.org@lists.test"
+    assert buf == bytearray(b"\x06\x00")  # the incomplete request stays
+
+
+def test_env_from_headers():
+    env = spawn.env_from_headers(b"X-Spam-Status: yes\nList-Id: <l.test>\nbad line\n")
+    assert env == {"X_SPAM_STATUS": "yes", "LIST_ID": "<l.test>"}
+
+
+def test_bounce_entry_format():
+    entry = bounce.bounce_entry(b"virt.test-bob@virt.test", b"line one\n\nafter blank")
+    assert entry == b"<bob@virt.test>:\nline one\n/after blank\n\n"
+
+
+def test_build_bounce_and_discards():
+    cfg = bounce.BounceConfig(bouncehost=b"mx.test", doublebounceto=b"postmaster@mx.test")
+    text = bounce.bounce_entry(b"x@y.test", b"Sorry.\n")
+    env_sender, rcpt, data = bounce.build_bounce(
+        cfg, b"s@a.test", text, b"Subject: hi\n\nb\n", 1700000000, 42, 1700000100.0
+    )
+    assert (env_sender, rcpt) == (b"", b"s@a.test")
+    assert b"\nX-Bounced-Address: <x@y.test>\nFrom: MAILER-DAEMON@mx.test\nTo: s@a.test\n" in data
+    assert b'boundary="1700000000mx.test42"' in data
+    assert data.endswith(b"Return-Path: <s@a.test>\nSubject: hi\n\nb\n\n--1700000000mx.test42--\n")
+    env_sender, rcpt, data = bounce.build_bounce(cfg, b"", text, b"m\n", 1, 2, 3.0)
+    assert (env_sender, rcpt) == (b"#@[]", b"postmaster@mx.test")
+    assert bounce.build_bounce(cfg, b"#@[]", text, b"m\n", 1, 2, 3.0) is None
+    cfg.doublebounceto = b"@mx.test"
+    assert bounce.build_bounce(cfg, b"", text, b"m\n", 1, 2, 3.0) is None
+
+
+def test_build_bounce_strips_long_message():
+    cfg = bounce.BounceConfig(bouncemaxbytes=10)
+    _s, _r, data = bounce.build_bounce(
+        cfg, b"s@a", b"", b"0123456789abcdef", 1, 2, 3.0, message_size=16
+    )
+    assert b"Return-Path: <s@a>\n0123456789\n\n--- End of message stripped.\n" in data
+
+
+def test_qmail_clean_requests(tmp_path):
+    from indimail.queue.layout import Layout
+    from indimail.send.qmail_clean import handle
+
+    lay = Layout(tmp_path, split=7)
+    for d in ("intd", "todo", "mess/3"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "mess/3/10").write_bytes(b"m")
+    (tmp_path / "intd/10").write_bytes(b"e")
+    (tmp_path / "todo/10").write_bytes(b"e")
+    assert handle(lay, b"todo/10") == b"+"
+    assert not (tmp_path / "todo/10").exists() and not (tmp_path / "intd/10").exists()
+    assert handle(lay, b"foop/10") == b"+"
+    assert not (tmp_path / "mess/3/10").exists()
+    assert handle(lay, b"foop/10") == b"+"  # already gone counts as done
+    assert handle(lay, b"bad/10") == b"x"
+    assert handle(lay, b"foop/1x") == b"x"
+    assert handle(lay, b"foo") == b"x"
+    os.chmod(tmp_path, 0o755)
