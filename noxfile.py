@@ -27,6 +27,15 @@ PEERS = {
     "svstat": "daemontools",
     "tcprulescheck": "ucspi-tcp",
     "doveadm": "dovecot-core",
+    "swaks": "swaks",
+    # packaging tests
+    "dh": "debhelper",
+    "dpkg-scanpackages": "dpkg-dev",
+    "lintian": "lintian",
+    "chrpath": "chrpath",
+    "debootstrap": "debootstrap",
+    "rpmbuild": "rpm",
+    "rpmlint": "rpmlint",
 }
 # Answers for packages that ask at install time (Postfix: install, do not configure).
 PRESEED = [
@@ -88,3 +97,52 @@ def demo(session: nox.Session) -> None:
     top = ROOT / "demo"
     env = {"INDIMAIL_PATHS": str(top / "indimail-paths.conf")}
     session.run("python", "packaging/demo.py", str(top), env=env)
+
+
+# --- packages (services and packaging issue) ---------------------------------
+
+
+def _package(session: nox.Session, kind: str) -> None:
+    """packaging/build.py KIND on a fresh frozen tree; prints the artifact."""
+    session.install("-e", ".[freeze]")
+    frozen = _freeze(session)
+    session.run(
+        "python",
+        "packaging/build.py",
+        kind,
+        "--no-freeze",
+        "--frozen",
+        str(frozen),
+        "--out",
+        str(ROOT / "build" / "packages"),
+    )
+
+
+@nox.session(python="3.11")
+def deb(session: nox.Session) -> None:
+    """Debian package (dpkg-buildpackage + lintian): build/packages/deb/*.deb."""
+    _package(session, "deb")
+
+
+@nox.session(python="3.11")
+def rpm(session: nox.Session) -> None:
+    """RPM (rpmbuild -bb + rpmlint): build/packages/rpm/RPMS/<arch>/*.rpm."""
+    _package(session, "rpm")
+
+
+@nox.session(python="3.11")
+def freebsd(session: nox.Session) -> None:
+    """FreeBSD port directory with generated pkg-plist: build/packages/freebsd/."""
+    _package(session, "freebsd")
+
+
+@nox.session(python="3.11")
+def macos(session: nox.Session) -> None:
+    """macOS pkgbuild root + scripts (a .pkg on macOS): build/packages/macos/."""
+    _package(session, "macos")
+
+
+@nox.session(python="3.11")
+def packages(session: nox.Session) -> None:
+    """Every package above."""
+    _package(session, "all")

@@ -81,6 +81,10 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "tcpserver": ("indimail.ucspi.tcpserver", EXIT_TEMP),
     "tcpclient": ("indimail.ucspi.tcpclient", EXIT_TEMP),
     "rblsmtpd": ("indimail.ucspi.rblsmtpd", EXIT_TEMP),
+    # services
+    "svctool": ("indimail.admin.svctool", EXIT_TEMP),
+    "create_services": ("indimail.admin.create_services", EXIT_TEMP),
+    "qmailctl": ("indimail.admin.qmailctl", EXIT_TEMP),
 }
 
 
