@@ -56,3 +56,77 @@ def test_sendmail_leaves_exactly_the_documented_files(instance):
     assert "\ttodo\tb@example.org" in out
     res = instance.run("qmail-qstat")
     assert res.stdout == (b"messages in queue: 1\nmessages in queue but not yet preprocessed: 1\n")
+
+
+def test_root_queues_as_the_queue_owner():
+    # On an installed system the queue belongs to qmailq; root's sendmail (and
+    # root running qmail-queue) must leave files owned by it, as the original's
+    # setuid qmail-queue does, or qmail-lspawn refuses them ("wrong owner").
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to own a queue by another account")
+    # pytest's temp dirs are 0700: the queue owner could not reach the queue
+    top = Path(tempfile.mkdtemp(prefix="owner-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        indimail = Path(sys.executable).parent / "indimail"
+        subprocess.run(
+            [
+                str(indimail),
+                "indimail-instance",
+                "-q",
+                "1",
+                "-H",
+                "mx.example.test",
+                str(top / "i"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        nobody = pwd.getpwnam("nobody")
+        q = top / "i" / "var" / "queue" / "queue1"
+        for path in [q, *q.rglob("*")]:
+            os.lchown(path, nobody.pw_uid, nobody.pw_gid)
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "QUEUEDIR": str(q),
+            "INDIMAIL_PATHS": str(top / "i" / "indimail-paths.conf"),
+        }
+        bindir = top / "i" / "bin"
+        res = subprocess.run(
+            [str(bindir / "sendmail"), "-f", "a@example.test", "b@example.org"],
+            input=b"Subject: owner\n\nx\n",
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        env_file = top / "env.in"
+        env_file.write_bytes(b"Fa@example.test\0Tc@example.org\0\0")
+        with open(env_file, "rb") as fd1:
+            res = subprocess.run(
+                [str(bindir / "qmail-queue")],
+                input=b"Subject: qq\n\ny\n",
+                stdout=fd1,
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=60,
+            )
+        assert res.returncode == 0, res.stderr
+        files = [p for sub in ("mess", "intd", "todo") for p in (q / sub).rglob("*") if p.is_file()]
+        assert len(files) == 6
+        for f in files:
+            assert f.stat().st_uid == nobody.pw_uid, f
+        for todo in (q / "todo").iterdir():
+            assert todo.read_bytes().startswith(b"u0\0p")  # the invoker stays root
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

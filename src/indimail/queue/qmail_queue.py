@@ -506,11 +506,24 @@ def main(argv: list[str]) -> int:
         # Configuration trouble is qmail-queue's "unable to read configuration".
         return _fail(QueueError(codes.CONFIG_ERR, exc.message))
     layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
+    uid = os.getuid()
+    try:
+        st = os.stat(queuedir)
+        if os.geteuid() == 0 and st.st_uid != 0:
+            # the original is setuid qmailq: queue files belong to the queue's owner
+            os.setgroups([])
+            os.setgid(st.st_gid)
+            os.setuid(st.st_uid)
+    except FileNotFoundError:
+        pass  # enqueue names the missing queue
+    except OSError as exc:
+        return _fail(
+            QueueError(codes.GET_UID_GID, f"unable to switch to the queue owner: {exc.strerror}")
+        )
     remote_ip = environ.get("TCPREMOTEIP")
     if not remote_ip and not environ.get("FASTQUEUE") and not environ.get("HIDE_HOST"):
         remote_ip = _remote_ip_of_stdin()
     pid = os.getpid()
-    uid = os.getuid()
     try:
         received = received_line(pid, uid, environ, remote_ip)
         # As the original: the message first, then the envelope from fd 1.

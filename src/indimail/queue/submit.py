@@ -86,10 +86,72 @@ def _submit_in_process(
         queuedir = choose_queue(environ, p)
         check_min_free(queuedir, environ)
         layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
-        inode = enqueue(layout, message, Envelope(sender, tuple(recipients)), environ=environ)  # type: ignore[arg-type]
+        envelope = Envelope(sender, tuple(recipients))
+        owner = _queue_owner(queuedir)
+        if os.geteuid() == 0 and owner not in (None, 0):
+            return _submit_as_owner(layout, message, envelope, environ, owner)
+        inode = enqueue(layout, message, envelope, environ=environ)  # type: ignore[arg-type]
     except QueueError as exc:
         raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
     return Queued(inode=inode, queuedir=queuedir, qp=os.getpid())
+
+
+def _queue_owner(queuedir: Path) -> int | None:
+    try:
+        return os.stat(queuedir).st_uid
+    except OSError:
+        return None  # enqueue reports the missing queue itself
+
+
+def _submit_as_owner(
+    layout: Layout,
+    message: bytes | BinaryIO,
+    envelope: Envelope,
+    environ: Mapping[str, str],
+    owner: int,
+) -> Queued:
+    """Root queues as the queue's owner, in a forked child: the files must
+    belong to qmailq (the original's qmail-queue is setuid qmailq)."""
+    gid = os.stat(layout.root).st_gid
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        reply = b"81 internal error"
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(owner)
+            inode = enqueue(
+                layout,
+                message,
+                envelope,
+                environ=environ,  # type: ignore[arg-type]
+                uid=0,
+            )
+            reply = b"0 %d" % inode
+        except QueueError as exc:
+            reply = b"%d %s" % (exc.code, exc.reason.encode("utf-8", "replace"))
+        except OSError as exc:
+            reply = b"78 unable to switch to the queue owner: %s" % ((exc.strerror or "").encode())
+        except BaseException as exc:
+            reply = b"81 internal error: %s" % type(exc).__name__.encode()
+        finally:
+            try:
+                os.write(w, reply)
+            finally:
+                os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 4096):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    code_s, _, rest = b"".join(chunks).partition(b" ")
+    code = int(code_s) if code_s.isdigit() else codes.CRASHED
+    if code != 0:
+        raise QueueError(code, rest.decode("utf-8", "replace") or "queue writer died")
+    return Queued(inode=int(rest), queuedir=layout.root, qp=pid)
 
 
 def _submit_external(
