@@ -85,6 +85,11 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "svctool": ("indimail.admin.svctool", EXIT_TEMP),
     "create_services": ("indimail.admin.create_services", EXIT_TEMP),
     "qmailctl": ("indimail.admin.qmailctl", EXIT_TEMP),
+    # receiving
+    "qmail-smtpd": ("indimail.smtpd.qmail_smtpd", EXIT_TEMP),
+    "qmail-qmtpd": ("indimail.smtpd.qmail_qmtpd", EXIT_TEMP),
+    "qmail-qmqpd": ("indimail.smtpd.qmail_qmqpd", EXIT_TEMP),
+    "qmail-qmqpc": ("indimail.smtpd.qmail_qmqpc", 81),
 }
 
 

@@ -1,0 +1,1 @@
+"""Authentication: SMTP AUTH mechanisms and the checkpassword interface."""
