@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, int]] = {
     # administration
     "qmail-showctl": ("indimail.admin.qmail_showctl", EXIT_TEMP),
     "indimail-instance": ("indimail.admin.instance", EXIT_TEMP),
+    # services
+    "svctool": ("indimail.admin.svctool", EXIT_TEMP),
+    "create_services": ("indimail.admin.create_services", EXIT_TEMP),
+    "qmailctl": ("indimail.admin.qmailctl", EXIT_TEMP),
     # local delivery
     "qmail-local": ("indimail.deliver.qmail_local", EXIT_TEMP),
     "qmail-newu": ("indimail.deliver.qmail_newu", EXIT_TEMP),
@@ -81,10 +85,6 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "tcpserver": ("indimail.ucspi.tcpserver", EXIT_TEMP),
     "tcpclient": ("indimail.ucspi.tcpclient", EXIT_TEMP),
     "rblsmtpd": ("indimail.ucspi.rblsmtpd", EXIT_TEMP),
-    # services
-    "svctool": ("indimail.admin.svctool", EXIT_TEMP),
-    "create_services": ("indimail.admin.create_services", EXIT_TEMP),
-    "qmailctl": ("indimail.admin.qmailctl", EXIT_TEMP),
     # receiving
     "qmail-smtpd": ("indimail.smtpd.qmail_smtpd", EXIT_TEMP),
     "qmail-qmtpd": ("indimail.smtpd.qmail_qmtpd", EXIT_TEMP),
