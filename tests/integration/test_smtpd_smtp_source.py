@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import Instance, need_program
+from support import Instance, need_program
 
 INDIMAIL = Path(sys.executable).parent / "indimail"
 

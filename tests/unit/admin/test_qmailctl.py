@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Instance, make_instance
+from support import Instance, make_instance
 from indimail.cli import COMMANDS
 
 

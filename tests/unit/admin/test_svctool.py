@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INDIMAIL, Instance, make_instance
+from support import INDIMAIL, Instance, make_instance
 from indimail.admin import svc_boot, svctool
 from indimail.core import paths as _paths
 from indimail.core.errors import UsageError

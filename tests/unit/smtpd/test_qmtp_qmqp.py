@@ -10,7 +10,7 @@ from pathlib import Path
 
 from smtpd_harness import INDIMAIL, Peer
 
-from conftest import Instance
+from support import Instance
 
 
 def ns(b: bytes) -> bytes:

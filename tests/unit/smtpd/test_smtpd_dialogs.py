@@ -30,7 +30,7 @@ from smtpd_harness import (
     pattern,
 )
 
-from conftest import make_instance
+from support import make_instance
 from indimail import __version__
 
 CASES = Path(__file__).parent / "smtpd_cases"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_instance
+from support import make_instance
 from indimail.core import paths
 from indimail.smtpd import qmail_smtpd, smtpd_io
 

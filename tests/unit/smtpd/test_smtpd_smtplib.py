@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from smtpd_harness import INDIMAIL, make_checkpw
 
-from conftest import Instance
+from support import Instance
 
 cryptography = pytest.importorskip("cryptography")
 from cryptography import x509  # noqa: E402
