@@ -146,3 +146,22 @@ def macos(session: nox.Session) -> None:
 def packages(session: nox.Session) -> None:
     """Every package above."""
     _package(session, "all")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Ours against a private Postfix on loopback: msg/s and Pss table (root).
+
+    Installs postfix (smtp-source, smtp-sink) when missing, builds the frozen
+    binary, runs bench/run.py (posargs: --quick, --reps N, --json PATH).
+    """
+    if os.geteuid() != 0:
+        session.error("bench needs root: a private Postfix starts as root")
+    if not all(shutil.which(p, path="/usr/sbin:/usr/bin") for p in ("postfix", "smtp-source")):
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        preseed = "\n".join(PRESEED) + "\n"
+        session.run("sh", "-c", f"printf '%s' '{preseed}' | debconf-set-selections", external=True)
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", "postfix", external=True, env=env)
+    _freeze(session)
+    session.run("python", "bench/run.py", *session.posargs)
