@@ -1,0 +1,58 @@
+"""The benchmark harness in smoke mode, so it never rots.
+
+``bench/run.py --quick`` (100 messages per SMTP scenario, 50 sendmail runs,
+1 repetition, 3 s idle) sets up a private Postfix, our rootless instance
+from the frozen binary under our svscan and a smtp-sink, all on loopback,
+and prints the table; every scenario must have rates > 0 for both systems
+and an idle Pss for both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import need_program
+
+ROOT = Path(__file__).resolve().parents[2]
+FROZEN = Path(os.environ.get("INDIMAIL_FROZEN") or ROOT / "dist" / "indimail") / "indimail"
+SCENARIOS = ["smtp-local c1", "smtp-local c5", "smtp-local c20", "smtp-relay c20", "inject"]
+
+
+@pytest.mark.peer
+def test_bench_quick(tmp_path: Path) -> None:
+    for prog in ("postfix", "smtp-source", "smtp-sink"):
+        need_program(prog, "postfix")
+    if os.getuid() != 0:
+        pytest.skip("bench/run.py needs root (a private Postfix starts as root)")
+    if not FROZEN.exists():
+        pytest.skip(f"no frozen binary at {FROZEN} (nox -s freeze)")
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--idle",
+            "3",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr.decode()[-3000:]
+    table = res.stdout.decode()
+    for name in [*SCENARIOS, "idle"]:
+        assert name in table, table
+    rows = {r["scenario"]: r for r in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == sorted([*SCENARIOS, "idle"])
+    for name in SCENARIOS:
+        r = rows[name]
+        assert r["ours_rate"] > 0 and r["postfix_rate"] > 0 and r["ours_peak_pss_kb"] > 0, r
+    assert rows["idle"]["ours_pss_kb"] > 0 and rows["idle"]["postfix_pss_kb"] > 0
