@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from support import Instance, make_instance
 from indimail.cli import COMMANDS
+from support import Instance, make_instance
 
 
 def test_usage(instance: Instance) -> None:

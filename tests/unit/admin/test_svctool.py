@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from support import INDIMAIL, Instance, make_instance
 from indimail.admin import svc_boot, svctool
 from indimail.core import paths as _paths
 from indimail.core.errors import UsageError
+from support import INDIMAIL, Instance, make_instance
 
 
 @pytest.fixture(scope="module")

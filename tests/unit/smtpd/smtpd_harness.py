@@ -174,4 +174,3 @@ def control_file(path: Path, controldir: Path) -> None:
             continue
         k, _, v = line.partition("=")
         (controldir / k).write_text(v.replace("\\n", "\n") + "\n" if v else "")
-

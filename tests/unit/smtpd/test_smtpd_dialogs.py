@@ -30,8 +30,8 @@ from smtpd_harness import (
     pattern,
 )
 
-from support import make_instance
 from indimail import __version__
+from support import make_instance
 
 CASES = Path(__file__).parent / "smtpd_cases"
 DIALOGS = sorted(CASES.glob("*.dialog"))

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import make_instance
 from indimail.core import paths
 from indimail.smtpd import qmail_smtpd, smtpd_io
+from support import make_instance
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 REPLY = re.compile(rb"\d{3}[ -][^\r\n]*\r\n")
