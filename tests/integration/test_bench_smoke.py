@@ -44,7 +44,7 @@ def test_bench_quick(tmp_path: Path) -> None:
             str(out),
         ],
         capture_output=True,
-        timeout=300,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     table = res.stdout.decode()
