@@ -63,8 +63,8 @@ def _install_peers(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over src, tests, bench, noxfile."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "noxfile.py", "packaging")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "packaging")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "packaging", "bench")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "packaging", "bench")
 
 
 def _freeze(session: nox.Session) -> Path:
