@@ -36,8 +36,6 @@ Everything started is stopped by pid (SIGTERM, then SIGKILL).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import signal
 import subprocess
@@ -45,115 +43,10 @@ import sys
 import time
 from pathlib import Path
 
+from support import make_certs, make_checkpw
+
 INDIMAIL = Path(sys.executable).parent / "indimail"
 HOST = "mx.example.test"
-
-CHECKPW = r"""#!{python}
-# test checkpassword: user "test" password "secret" (PLAIN/LOGIN/CRAM-*)
-import hmac, os, sys
-data = b""
-while True:
-    chunk = os.read(3, 4096)
-    if not chunk:
-        break
-    data += chunk
-parts = data.split(b"\0")
-user, secret, resp = parts[0], parts[1], parts[2]
-method = parts[3][0] if len(parts) > 3 and parts[3] else 0
-names = {{3: "md5", 4: "sha1", 5: "sha224", 6: "sha256", 7: "sha384", 8: "sha512"}}
-
-def good(pw):
-    if resp:
-        return method in names and hmac.new(pw, secret, names[method]).hexdigest().encode() == resp
-    return secret == pw
-
-if user == b"test" and good(b"secret"):
-    sys.exit(0)
-if len(sys.argv) > 1:
-    os.execv(sys.argv[1], sys.argv[1:])
-sys.exit(1)
-"""
-
-
-def make_checkpw(directory: Path) -> Path:
-    path = directory / "checkpw"
-    path.write_text(CHECKPW.format(python=sys.executable))
-    path.chmod(0o755)
-    return path
-
-
-def make_certs(certdir: Path) -> Path:
-    """A throw-away CA and ``servercert.pem`` (key + cert) for mx.example.test
-    and 127.0.0.1 in ``certdir``; returns the CA file (``certdir/ca.pem``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca_file = certdir / "ca.pem"
-    if ca_file.exists() and (certdir / "servercert.pem").exists():
-        return ca_file
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    certdir.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ) + cert.public_bytes(serialization.Encoding.PEM)
-    (certdir / "servercert.pem").write_bytes(pem)
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    return ca_file
 
 
 def compile_rules(tcprules: list[str], cdb: Path, text: str, env: dict | None = None) -> Path:

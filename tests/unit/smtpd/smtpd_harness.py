@@ -9,44 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from support import make_checkpw  # noqa: F401 - used by the dialogue tests
+
 INDIMAIL = Path(sys.executable).parent / "indimail"
-
-CHECKPW = r"""#!{python}
-# test checkpassword: user "test" password "secret"; "norelay"/"secret" exits 3
-import hmac, os, sys
-data = b""
-while True:
-    chunk = os.read(3, 4096)
-    if not chunk:
-        break
-    data += chunk
-parts = data.split(b"\0")
-user, secret, resp = parts[0], parts[1], parts[2]
-method = parts[3][0] if parts[3] else 0
-names = {{3: "md5", 4: "sha1", 5: "sha224", 6: "sha256", 7: "sha384", 8: "sha512"}}
-
-def good(pw):
-    if resp:
-        return method in names and hmac.new(pw, secret, names[method]).hexdigest().encode() == resp
-    return secret == pw
-
-if user == b"test" and good(b"secret"):
-    sys.exit(0)
-if user == b"norelay" and good(b"secret"):
-    sys.exit(3)
-if user == b"tempfail":
-    sys.exit(111)
-if len(sys.argv) > 1:
-    os.execv(sys.argv[1], sys.argv[1:])
-sys.exit(1)
-"""
-
-
-def make_checkpw(directory: Path) -> Path:
-    path = directory / "checkpw"
-    path.write_text(CHECKPW.format(python=sys.executable))
-    path.chmod(0o755)
-    return path
 
 
 class Peer:
