@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, int]] = {
     # queue
     "qmail-queue": ("indimail.queue.qmail_queue", 81),
     "qmail-multi": ("indimail.queue.qmail_multi", 81),
+    "qmail-queued": ("indimail.queue.qmail_queued", EXIT_TEMP),
     "queue-fix": ("indimail.queue.queue_fix", EXIT_TEMP),
     "qmail-qread": ("indimail.queue.qmail_qread", EXIT_TEMP),
     "qmail-qstat": ("indimail.queue.qmail_qstat", EXIT_TEMP),

@@ -119,6 +119,8 @@ printf 'To: alice@{FQDN}\\nSubject: via sendmail\\n\\nhello from sendmail\\n' | 
 echo "== sendmail exit $?"
 printf 'To: alice@{FQDN}\nSubject: via sendmail as qmailq\n\nhello from sendmail\n' | setuidgid qmailq /usr/sbin/sendmail -t
 echo "== sendmail as qmailq exit $?"
+printf 'To: alice@{FQDN}\nSubject: via sendmail as alice\n\nhello from sendmail\n' | setuidgid alice /usr/sbin/sendmail -t
+echo "== sendmail as alice exit $?"
 if /usr/lib/indimail-mta/indimail --list | grep -qx tcpserver &&
    /usr/lib/indimail-mta/indimail --list | grep -qx qmail-smtpd ; then
   smtp_ok=no
@@ -145,12 +147,14 @@ else
 fi
 for i in $(seq 1 100); do
   n=$(ls /home/alice/Maildir/new | wc -l)
-  [ "$n" -ge 3 ] && break
-  [ "$n" -ge 2 ] && [ "${{SMTP_EXPECTED:-0}}" = 0 ] && break
+  [ "$n" -ge 4 ] && break
+  [ "$n" -ge 3 ] && [ "${{SMTP_EXPECTED:-0}}" = 0 ] && break
   sleep 0.2
 done
 echo "== delivered"; grep -l "hello from" /home/alice/Maildir/new/* 2>/dev/null | wc -l
 grep -h "^Subject:" /home/alice/Maildir/new/* 2>/dev/null
+echo "== received"; echo "uids alice=$(id -u alice) qmaild=$(id -u qmaild)"
+grep -h "invoked" /home/alice/Maildir/new/* 2>/dev/null
 echo "== logs"
 echo "wrong owner deferrals: $(grep -c 'wrong owner' /var/log/svc/deliver.25/current)"
 for f in /var/log/svc/deliver.25/current /var/log/svc/smtpd.25/current; do echo "-- $f"; tail -n 40 $f; done
@@ -240,14 +244,16 @@ def test_deb_install_in_minbase_and_mail_flow(deb: Path, tmp_path: Path) -> None
     assert "sendmail exit 0" in out, out[-4000:]
     delivered = _section(out, "delivered")
     subjects = re.findall(r"^Subject: (.*)$", delivered, re.M)
-    assert "via sendmail as qmailq" in subjects, out[-4000:]
-    queue_privilege_gap = []
+    assert re.search(r"qmail-queued: up ", stat), out[-4000:]
+    for who in ("", " as qmailq", " as alice"):
+        assert f"sendmail{who} exit 0" in out, out[-4000:]
+        assert f"via sendmail{who}" in subjects, out[-4000:]
+    received = _section(out, "received")
+    uids = dict(re.findall(r"(alice|qmaild)=(\d+)", received))
+    assert f"(invoked by uid {uids['alice']});" in received, received
     if smtp_expected:
-        if "via smtp" not in subjects:
-            # qmail-smtpd (as qmaild) queues in-process and cannot write the
-            # qmailq-owned queue: the same privilege gap as below
-            assert "qq trouble" in out, out[-4000:]
-            queue_privilege_gap.append("SMTP (qmail-smtpd as qmaild: 451 qq trouble)")
+        assert "via smtp" in subjects, out[-4000:]
+        assert f"(invoked from network 127.0.0.1, by uid {uids['qmaild']});" in received, received
     else:
         print("SMTP part not run: tcpserver / qmail-smtpd are not in this build yet")
     assert "svscan left: 0" in out, out[-3000:]
@@ -256,11 +262,3 @@ def test_deb_install_in_minbase_and_mail_flow(deb: Path, tmp_path: Path) -> None
     kept = re.search(r"maildir kept: (\d+)", out)
     assert kept and int(kept.group(1)) == len(subjects) >= 1, out[-2000:]
     assert _host_packages() == before, "the machine's own packages changed"
-    if "via sendmail" not in subjects:
-        queue_privilege_gap.append("sendmail as root (message files root's: wrong owner)")
-    if queue_privilege_gap:
-        print(_section(out, "logs")[:3000])
-        pytest.xfail(
-            "queueing in-process runs with the caller's ids, not qmailq's (the original's "
-            "qmail-queue is setuid qmailq): " + "; ".join(queue_privilege_gap)
-        )

@@ -7,7 +7,8 @@
 Runs svctool for: users, qmail control files, SMTP on 465 (SMTPS + AUTH),
 25 (with the delivery service qmail-send.25 and its queues) and 587
 (submission: AUTH + TLS required), ODMR on 366, the ``defaultqueue``
-parameters, QMTP on 209, QMQP on 628, svscan's own log, the MTA switch
+parameters, qmail-queued (the queue's door for qmail-smtpd, bounces and
+users' sendmail), QMTP on 209, QMQP on 628, svscan's own log, the MTA switch
 and boot integration.  Services of the original that need parts this
 build does not have (greylisting, TLSA, qscanq, clamd, fifologger,
 udplogger, slowq, virtual domains) are skipped with a note.
@@ -99,6 +100,7 @@ def plan(opts: dict[str, str], p: _paths.Paths) -> list[list[str]]:
             *silent,
         ]
     )
+    steps.append(["--queued", *common, "--maxdaemons=64", "--min-free=52428800", *silent])
     for verb, port in (("qmtp", 209), ("qmqp", 628)):
         steps.append(
             [f"--{verb}={port + offset}", *common, "--maxdaemons=75", "--maxperip=25", *silent]

@@ -484,6 +484,30 @@ def qmtp_qmqp_service(w: Writer, o: Options, kind: str, port: int) -> Path:
     return write_service(w, o, f"qmail-{kind}.{tag}", f"{kind}.{tag}", run, variables)
 
 
+def queued_service(w: Writer, o: Options) -> Path:
+    """qmail-queued: the queue's door for qmail-smtpd (qmaild), bounces
+    (qmails) and users' sendmail; started as root, it becomes qmailq."""
+    p = w.p
+    variables: dict[str, str | None] = {
+        "MAXDAEMONS": str(o.maxdaemons),
+        "SOFT_MEM": str(o.memory),
+        "MIN_FREE": str(o.min_free),
+        "CONTROLDIR": str(p.controldir),
+        "PATH": _path_var(p),
+        "HIDE_HOST": "1" if o.hidehost else None,
+        **_queue_vars(o),
+        **_sync_vars(o),
+    }
+    variables.update(o.extra)
+    run = header(p, o.command_line) + (
+        "exec 2>&1\n"
+        f'exec {bin_path(p, "envdir")} variables sh -c "\n'
+        f"exec {bin_path(p, 'softlimit')} -m \\$SOFT_MEM -o 1024 \\\n"
+        f'{bin_path(p, "qmail-queued")} -c \\$MAXDAEMONS"\n'
+    )
+    return write_service(w, o, "qmail-queued", "queued", run, variables)
+
+
 def queue_param(w: Writer, o: Options, name: str = "defaultqueue") -> Path:
     """control/<name>/: the envdir read by inject, sendmail, qmail-qread..."""
     p = w.p

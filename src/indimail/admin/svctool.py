@@ -5,6 +5,7 @@
     svctool --queueParam=NAME [queue options]    control/NAME envdir (defaultqueue)
     svctool --qmtp=PORT | --qmqp=PORT            qmail-qmtpd.PORT / qmail-qmqpd.PORT
     svctool --send=IDENT                         qmail-send.IDENT and its queues
+    svctool --queued                             qmail-queued (the queue's door)
     svctool --svscanlog                          SERVICEDIR/.svscan/log
     svctool --rmsvc=NAME | --ensvc=NAME          disable / enable a service
     svctool --print-variables --service-name=NAME
@@ -30,7 +31,7 @@ from indimail.core.errors import Fatal, UsageError
 
 USAGE = """usage: svctool --config=users|qmail|add-boot|rm-boot|add-alt|rm-alt|rmusers
        svctool --smtp=PORT | --qmtp=PORT | --qmqp=PORT | --send=IDENT [options]
-       svctool --queueParam=NAME [options] | --svscanlog
+       svctool --queueParam=NAME [options] | --queued | --svscanlog
        svctool --rmsvc=NAME | --ensvc=NAME | --print-variables --service-name=NAME
 options: --servicedir=DIR --qbase=DIR --qcount=N --qstart=N --localip=IP
          --maxdaemons=N --maxperip=N --memory=BYTES --dmemory=BYTES --min-free=BYTES
@@ -51,7 +52,7 @@ VERBS_WITH_VALUE = {
     "ensvc",
     "service-name",
 }
-VERB_FLAGS = {"svscanlog", "print-variables"}
+VERB_FLAGS = {"svscanlog", "queued", "print-variables"}
 VALUE_OPTIONS = {
     "servicedir",
     "qbase",
@@ -284,6 +285,9 @@ def main(argv: list[str]) -> int:
         did = True
         qdir = svc_services.queue_param(w, o, opts["queueParam"])
         _say([f"created {qdir}"], quiet)
+    if "queued" in opts:
+        did = True
+        _say([f"created {svc_services.queued_service(w, o)}"], quiet)
     if "svscanlog" in opts:
         did = True
         _say([f"created {svc_services.svscan_log(w, o)}"], quiet)

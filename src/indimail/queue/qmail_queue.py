@@ -509,11 +509,14 @@ def main(argv: list[str]) -> int:
     uid = os.getuid()
     try:
         st = os.stat(queuedir)
-        if os.geteuid() == 0 and st.st_uid != 0:
+        euid = os.geteuid()
+        if euid == 0 and st.st_uid != 0:
             # the original is setuid qmailq: queue files belong to the queue's owner
             os.setgroups([])
             os.setgid(st.st_gid)
             os.setuid(st.st_uid)
+        elif euid != 0 and st.st_uid != euid:
+            return _via_door(p, queuedir, environ)
     except FileNotFoundError:
         pass  # enqueue names the missing queue
     except OSError as exc:
@@ -536,6 +539,32 @@ def main(argv: list[str]) -> int:
             environ=environ,
             received=received,
         )
+    except QueueError as exc:
+        return _fail(exc)
+    return 0
+
+
+def _via_door(p: _paths.Paths, queuedir: Path, environ: os._Environ[str]) -> int:
+    """Run by a user who cannot write the queue: hand fd 0 and fd 1 to
+    qmail-queued, which queues as the owner (our stand-in for setuid)."""
+    from indimail.queue import qmail_queued
+
+    try:
+        spool_fd, _length, spool = qmail_queued.sized_fd(0)  # fd 0 first, as the original
+        try:
+            envelope = read_envelope(1)
+            envelope.check()
+            qmail_queued.submit_via_socket(
+                qmail_queued.socket_path(p, environ),
+                queuedir,
+                spool_fd,
+                envelope.sender,
+                envelope.recipients,
+                environ,
+            )
+        finally:
+            if spool is not None:
+                spool.close()
     except QueueError as exc:
         return _fail(exc)
     return 0

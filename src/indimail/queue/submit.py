@@ -88,12 +88,38 @@ def _submit_in_process(
         layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
         envelope = Envelope(sender, tuple(recipients))
         owner = _queue_owner(queuedir)
-        if os.geteuid() == 0 and owner not in (None, 0):
+        euid = os.geteuid()
+        if euid == 0 and owner not in (None, 0):
             return _submit_as_owner(layout, message, envelope, environ, owner)
+        if euid != 0 and owner is not None and owner != euid:
+            return _submit_via_door(p, queuedir, message, envelope, environ)
         inode = enqueue(layout, message, envelope, environ=environ)  # type: ignore[arg-type]
     except QueueError as exc:
         raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
     return Queued(inode=inode, queuedir=queuedir, qp=os.getpid())
+
+
+def _submit_via_door(
+    p: _paths.Paths,
+    queuedir: Path,
+    message: bytes | BinaryIO,
+    envelope: Envelope,
+    environ: Mapping[str, str],
+) -> Queued:
+    """Not the queue's owner (qmaild, a user): qmail-queued queues for us,
+    as the original's setuid qmail-queue would."""
+    from indimail.queue import qmail_queued
+
+    envelope.check()
+    inode, where = qmail_queued.submit_via_socket(
+        qmail_queued.socket_path(p, environ),
+        queuedir,
+        message,
+        envelope.sender,
+        envelope.recipients,
+        environ,
+    )
+    return Queued(inode=inode, queuedir=where, qp=os.getpid())
 
 
 def _queue_owner(queuedir: Path) -> int | None:

@@ -64,6 +64,11 @@ def test_stat_start_stop_and_mail_flow(tmp_path) -> None:
                 break
             time.sleep(0.3)
         assert "svscan: up" in out and "qmail-send.25: up" in out, out
+        deadline = time.monotonic() + 30
+        while "qmail-queued: up" not in out and time.monotonic() < deadline:
+            time.sleep(0.3)
+            out = inst.run("qmailctl", "stat").stdout.decode()
+        assert "qmail-queued: up" in out, out
         if listeners_work:
             assert "qmail-smtpd.21025: up" in out, out
         msg = b"To: postmaster@mx.example.test\nSubject: through services\n\nhi\n"

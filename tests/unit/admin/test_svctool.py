@@ -29,6 +29,7 @@ def test_default_service_set(services: Instance) -> None:
         ".svscan",
         "qmail-qmqpd.20628",
         "qmail-qmtpd.20209",
+        "qmail-queued",
         "qmail-send.25",
         "qmail-smtpd.20025",
         "qmail-smtpd.20366",
