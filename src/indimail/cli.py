@@ -88,6 +88,7 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "rblsmtpd": ("indimail.ucspi.rblsmtpd", EXIT_TEMP),
     # receiving
     "qmail-smtpd": ("indimail.smtpd.qmail_smtpd", EXIT_TEMP),
+    "qmail-cdb": ("indimail.smtpd.qmail_cdb", EXIT_TEMP),
     "qmail-qmtpd": ("indimail.smtpd.qmail_qmtpd", EXIT_TEMP),
     "qmail-qmqpd": ("indimail.smtpd.qmail_qmqpd", EXIT_TEMP),
     "qmail-qmqpc": ("indimail.smtpd.qmail_qmqpc", 81),

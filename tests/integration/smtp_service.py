@@ -28,8 +28,8 @@ Variants:
 * ``smtps="env"``: ``SMTPS=1`` in qmail-smtpd's environment, qmail-smtpd
   does the handshake itself on fd 0 before the greeting.
   ``smtps="tcpserver"``: tcpserver ``-n servercert.pem`` does TLS from the
-  first byte and relays (qmail-smtpd is not TLS-aware), ``TLS_PROVIDER``
-  is set.
+  first byte and hands the TLS session to the in-process qmail-smtpd (it
+  declares ``UCSPI_TLS_AWARE``); ``TLS_PROVIDER`` is set.
 
 Everything started is stopped by pid (SIGTERM, then SIGKILL).
 """

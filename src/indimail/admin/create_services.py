@@ -56,7 +56,10 @@ def plan(opts: dict[str, str], p: _paths.Paths) -> list[list[str]]:
     smtp_common = [
         *common,
         "--starttls",
-        "--chkrecipient",
+        # no --chkrecipient: the original passes it, but its svctool then
+        # empties CHECKRECIPIENT again (the --chksender block), so installs
+        # run without the check; a fresh install has no recipients cdb and
+        # the check would refuse every local address
         "--chkrelay",
         "--masquerade",
         "--min-free=52428800",

@@ -5,8 +5,9 @@
 Runs under tcpserver: fds 0/1 are the network connection and the
 environment (TCPREMOTEIP, RELAYCLIENT, ...) describes the peer.  The same
 ``main()`` works exec'd or called in-process in tcpserver's forked child;
-tcpserver doing TLS itself hands its socket to
-:func:`indimail.smtpd.smtpd_io.register_connection` first.
+tcpserver doing TLS itself (``-n``/``-s``) hands its TLS session over
+through :mod:`indimail.ucspi.context` (this module declares
+``UCSPI_TLS_AWARE``), and the session counts as TLS from the first byte.
 
 Replies, log lines and the Received header follow the original
 indimail-mta ``smtpd.c``; see ``docs/smtpd.md`` for what differs.
@@ -30,8 +31,12 @@ from indimail.core import control
 from indimail.core import paths as _paths
 from indimail.core.dates import date822fmt
 from indimail.smtpd import smtpd_io
+from indimail.smtpd.recipients import Recipients, RecipientsTrouble
 from indimail.smtpd.smtpd_checks import AddressList, ControlTrouble, RcptHosts, relayclient_for
 from indimail.smtpd.smtpd_data import BareLF, DataSink
+
+# tcpserver -n/-s may hand us its TLS session in-process (ucspi.context)
+UCSPI_TLS_AWARE = True
 
 SUBM_PORT = 587
 ODMR_PORT = 366
@@ -51,6 +56,10 @@ R_HELLO = "503 Polite people say hello first (#5.5.4)"
 R_BARELF = "451 Sorry, I received Bare LF. (#4.6.0)"
 R_DATABYTES = "552 sorry, that message size exceeds my databytes limit (#5.3.4)"
 R_INTERNAL = "421 Sorry, there is a local system failure, closing connection (#4.3.0)"
+R_RCPTCHECK = "451 unable to check recipients (#4.3.2)"
+R_RCPT_ERRCOUNT = "421 too many invalid addresses, goodbye (#4.7.1)"
+# PENALTY: seconds slept after an invalid recipient (the original's default)
+DEFAULT_PENALTY = 5
 
 AUTH_MECHS = (
     ("LOGIN", "DISABLE_AUTH_LOGIN"),
@@ -125,6 +134,18 @@ def parse_address(arg: bytes) -> bytes | None:
     return bytes(out)
 
 
+def _leading_int(v: str) -> int:
+    """The original's scan_int: optional sign and leading digits, else 0."""
+    v = v.strip()
+    sign = -1 if v.startswith("-") else 1
+    digits = ""
+    for c in v.lstrip("+-"):
+        if not c.isdigit():
+            break
+        digits += c
+    return sign * int(digits) if digits else 0
+
+
 def _has_relay_chars(addr: bytes) -> bool:
     """The original's addrrelay(): '@', '%' or '!' in the local part."""
     j = addr.rfind(b"@")
@@ -167,6 +188,8 @@ class Session:
         self.authmethod = ""
         self.remoteinfo: str | None = None
         self.setup_state = 0
+        self.rcpt_errcount = 0
+        self.max_rcpt_errcount = -1
 
     # ----------------------------------------------------------- output/log
     def out(self, *parts: str | bytes) -> None:
@@ -240,6 +263,16 @@ class Session:
         self.rmf = AddressList("relaymailfrom", cd)
         self.dohelocheck = "BADHELOCHECK" in e or "BADHELO" in e
         self.badhelo = AddressList(e.get("BADHELO") or "badhelo", cd) if self.dohelocheck else None
+        self.checkrecipient = "CHECKRECIPIENT" in e
+        self.chkrcpt: AddressList | None = None
+        self.recipients: Recipients | None = None
+        if self.checkrecipient:
+            self.chkrcpt = AddressList("chkrcptdomains", cd)
+            sysconfdir = Path(e.get("SYSCONFDIR") or _paths.get().sysconfdir)
+            try:
+                self.recipients = Recipients(cd, sysconfdir, e)
+            except RecipientsTrouble:
+                raise ControlTrouble("recipients") from None
 
     def _env_or_int(self, env: str, name: str, default: int) -> int:
         v = self.env.get(env)
@@ -272,6 +305,11 @@ class Session:
         self.hide_host = "HIDE_HOST" in e
         self.secure_auth = "SECURE_AUTH" in e
         self.tls_provider = e.get("TLS_PROVIDER")
+        self.penalty = _leading_int(e["PENALTY"]) if "PENALTY" in e else DEFAULT_PENALTY
+
+    def encrypted(self) -> bool:
+        """TLS here, or done by tcpserver (TLS_PROVIDER: relayed session)."""
+        return self.tls or self.tls_provider is not None
 
     # ------------------------------------------------------------- running
     def run(self) -> int:
@@ -281,6 +319,8 @@ class Session:
         self.timeout = 1200
         if self.conn is None:
             self.conn = smtpd_io.plain(self.timeout)
+        if self.conn.tls_version:  # tcpserver already did the TLS handshake
+            self.tls = True
         self.output = smtpd_io.Output(self.conn)
         self.input = smtpd_io.Input(self.conn, self.output.flush)
         try:
@@ -525,7 +565,7 @@ class Session:
         if self.auth_offered():
             mechs = []
             for name, disable in AUTH_MECHS:
-                if name in ("LOGIN", "PLAIN") and self.secure_auth and not self.tls:
+                if name in ("LOGIN", "PLAIN") and self.secure_auth and not self.encrypted():
                     continue
                 if disable in e:
                     continue
@@ -539,7 +579,7 @@ class Session:
             self.out(f"250-SIZE {self.databytes}\r\n")
         if self.port != SUBM_PORT:
             self.out("250-ETRN\r\n")
-        if not self.tls and "STARTTLS" in e and self.servercert().exists():
+        if not self.encrypted() and "STARTTLS" in e and self.servercert().exists():
             self.out("250-STARTTLS\r\n")
         if "SMTPUTF8" in e:
             self.out("250-SMTPUTF8\r\n")
@@ -659,13 +699,16 @@ class Session:
             raise Exit(1)
         self.rcptto = []
         self.mailfrom = addr
+        v = self.env.get("MAX_RCPT_ERRCOUNT")
+        self.max_rcpt_errcount = -1 if v is None else _leading_int(v)
+        self.rcpt_errcount = 0
         if self.relayclient is None and self.rmf.present and self.rmf.match(addr, self.env):
             self.relayclient = ""
         if "CUGMAIL" in self.env and not self._addr_allowed(addr):
             self.log(f"Invalid CUG SENDER address: MAIL from <{_printable(addr)}>")
             self.reply("553 sorry, this MTA is a closed user group system (#5.7.1)")
             return
-        if "FORCE_TLS" in self.env and not self.tls:
+        if "FORCE_TLS" in self.env and not self.encrypted():
             self.reply("530 must issue STARTTLS first (#5.7.0)")
             return
         self.allow_barelf = "ALLOW_BARELF" in self.env
@@ -726,12 +769,16 @@ class Session:
         if not self.seenmail:
             self.reply("503 MAIL first (#5.5.1)")
             return
+        mf = _printable(self.mailfrom)
+        if 0 <= self.max_rcpt_errcount <= self.rcpt_errcount:
+            self.log(f"Too many Invalid RECIPIENTS ({self.rcpt_errcount}): MAIL from <{mf}>")
+            self.reply(R_RCPT_ERRCOUNT)
+            raise Exit(1)
         addr = parse_address(arg)
         if addr is None:
             self.reply(R_SYNTAX)
             return
         addr = self.rewrite_liphost(addr)
-        mf = _printable(self.mailfrom)
         if "CUGMAIL" in self.env and not self._addr_allowed(addr):
             self.log(f"Invalid CUG RECIPIENT address: RCPT TO <{_printable(addr)}>")
             self.reply("553 sorry, this MTA is a closed user group system (#5.7.1)")
@@ -745,11 +792,13 @@ class Session:
             self.reply("553 sorry, your envelope recipient has been denied (#5.7.1)")
             return
         allowed = False if "AUTH_ALL" in self.env else self._addr_allowed(addr)
-        if self.relayclient is not None:
-            addr = addr + self.relayclient.encode("utf-8", "surrogateescape")
-        elif not allowed:
+        if self.relayclient is None and not allowed:
             self.err_nogateway(addr)
             return
+        if allowed and self.checkrecipient and not good and not self.recipient_exists(addr):
+            return
+        if self.relayclient is not None:
+            addr = addr + self.relayclient.encode("utf-8", "surrogateescape")
         limit = self.maxrcpt if self.maxrcpt > 0 else HARD_MAXRCPT
         if len(self.rcptto) + 1 > limit:
             self.log(f"Too many RECIPIENTS: MAIL from <{mf}> Last RCPT <{_printable(arg)}>")
@@ -764,6 +813,33 @@ class Session:
             return
         self.rcptto.append(addr)
         self.reply("250 ok")
+
+    def recipient_exists(self, addr: bytes) -> bool:
+        """CHECKRECIPIENT for a local (rcpthosts) address; False = refused.
+
+        Every CHECKRECIPIENT value uses the recipients extension (control
+        ``recipients``): the original does so for 1 and 2 too when no
+        virtual-domain user store is loaded, and we have none yet.
+        """
+        assert self.recipients is not None and self.chkrcpt is not None
+        if self.chkrcpt.present and not self.chkrcpt.match(addr, self.env):
+            return True  # chkrcptdomains exists and does not list it
+        try:
+            found = self.recipients.lookup(addr)
+        except RecipientsTrouble as exc:
+            self.log(f"recipients database error: {exc}")
+            self.reply(R_RCPTCHECK)
+            raise Exit(1) from None
+        if found:
+            return True
+        self.rcpt_errcount += 1
+        if self.penalty > 0:
+            time.sleep(self.penalty)
+        mf, rcpt = _printable(self.mailfrom), _printable(addr)
+        state = "is absent on this domain (#5.1.1)"
+        self.log(f"Invalid RECIPIENT address: MAIL from <{mf}> RCPT <{rcpt}> state <{state}>")
+        self.reply(f"550 sorry, {mf} mailbox <{rcpt}> {state}")
+        return False
 
     def err_nogateway(self, addr: bytes) -> None:
         msg = f"Invalid RELAY client: MAIL from <{_printable(self.mailfrom)}"
@@ -933,7 +1009,7 @@ class Session:
             self.log_authfail(None, -3, "Unknown ")
             return
         name = cp.METHOD_NAMES[method]
-        if method in (cp.AUTH_LOGIN, cp.AUTH_PLAIN) and self.secure_auth and not self.tls:
+        if method in (cp.AUTH_LOGIN, cp.AUTH_PLAIN) and self.secure_auth and not self.encrypted():
             self.reply("538 Encryption required for requested authentication mechanism (#5.7.11)")
             self.log(f" AUTH {name} status=[2] TLS={self.tls_label()} auth failure")
             return
@@ -1090,7 +1166,7 @@ class Session:
         self.log(f"ssl-version={conn.tls_version}")
 
     def smtp_tls(self, arg: bytes) -> None:
-        if self.tls:
+        if self.encrypted():
             self.err_unimpl(b"unimplimented")
             return
         if arg:
@@ -1112,13 +1188,15 @@ def print_details() -> int:
         "controls: smtpgreeting me localiphost timeoutsmtpd maxhops maxcmdlen rcpthosts "
         "morercpthosts.cdb relayclients relaydomains relaymailfrom badmailfrom badmailpatterns "
         "badrcptto badrcptpatterns goodrcptto goodrcptpatterns badhelo databytes maxrecipients "
-        "tarpitcount tarpitdelay greetdelay moreipme etrnhosts servercipherlist\n"
+        "tarpitcount tarpitdelay greetdelay moreipme etrnhosts servercipherlist recipients "
+        "chkrcptdomains\n"
         "env: RELAYCLIENT DATABYTES MAXRECIPIENTS TARPITCOUNT TARPITDELAY GREETDELAY SMTPS "
         "STARTTLS FORCE_TLS SECURE_AUTH CERTDIR SERVERCERT TLS_CIPHER_LIST REQUIREAUTH "
         "AUTH_ALL BADHELOCHECK BADHELO BADMAILFROM BADMAILPATTERNS BADRCPTTO BADRCPTPATTERNS "
         "GOODRCPTTO GOODRCPTPATTERNS QREGEX HIDE_HOST SMTPUTF8 ALLOW_BARELF DISABLE_VRFY "
         "DISABLE_HELP DISABLE_EXTRA_GREET SHUTDOWN OPENRELAY TCPPARANOID REQPTR BOUNCEMAIL "
-        "CUGMAIL ENFORCE_FQDN_HELO OLD_CLIENT PENALTY TLS_PROVIDER QMAILQUEUE\n"
+        "CUGMAIL ENFORCE_FQDN_HELO OLD_CLIENT PENALTY TLS_PROVIDER QMAILQUEUE CHECKRECIPIENT "
+        "MAX_RCPT_ERRCOUNT\n"
     )
     return 0
 

@@ -7,10 +7,12 @@ socket does not matter to it.
 
 Seams for tcpserver:
 
-* :func:`register_connection` — tcpserver doing TLS itself (``-z``) hands
-  its already-TLS socket here before calling ``main()`` in-process;
+* :func:`register_connection` — a caller running ``main()`` in-process
+  may hand its (possibly already-TLS) socket here first;
   :func:`registered_connection` returns it (or ``None``).
-* :func:`plain` builds the default connection on fds 0/1.
+* :func:`plain` builds the connection: the registered one, else the TLS
+  session tcpserver handed over through :mod:`indimail.ucspi.context`
+  (tcpserver ``-n``/``-s`` with qmail-smtpd in-process), else fds 0/1.
 """
 
 from __future__ import annotations
@@ -177,13 +179,23 @@ class SockConn(Conn):
 
 
 def plain(timeout: float) -> Conn:
-    """The connection main() starts with: a registered one, else fds 0/1."""
+    """The connection main() starts with.
+
+    In order: one registered with :func:`register_connection`; the TLS
+    session tcpserver handed over (``ucspi.context.current().tls``, when it
+    did the handshake itself and runs us in-process); else fds 0/1.
+    """
     reg = registered_connection()
     if reg is not None:
         if isinstance(reg, Conn):
             reg.timeout = timeout
             return reg
         return SockConn(reg, timeout)  # type: ignore[arg-type]
+    from indimail.ucspi import context
+
+    handed = context.current()
+    if handed is not None and handed.tls is not None:
+        return SockConn(handed.tls, timeout)
     return FdConn(0, 1, timeout)
 
 

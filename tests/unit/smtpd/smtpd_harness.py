@@ -128,7 +128,13 @@ def env_file(path: Path) -> dict[str, str]:
 
 
 def control_file(path: Path, controldir: Path) -> None:
-    """``name=value`` lines (``\\n`` = newline); ``-name`` removes the file."""
+    """``name=value`` lines (``\\n`` = newline); ``-name`` removes the file.
+
+    A name ending in ``.cdb`` gets a cdb whose keys are the ``\\n``-separated
+    items of the value (empty data); names may hold ``../`` and folders.
+    """
+    from indimail.core import cdb
+
     if not path.exists():
         return
     for line in path.read_text().splitlines():
@@ -138,4 +144,10 @@ def control_file(path: Path, controldir: Path) -> None:
             (controldir / line[1:]).unlink(missing_ok=True)
             continue
         k, _, v = line.partition("=")
-        (controldir / k).write_text(v.replace("\\n", "\n") + "\n" if v else "")
+        target = controldir / k
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if k.endswith(".cdb"):
+            keys = [x.encode() for x in v.split("\\n") if x]
+            cdb.make_from_pairs(target, str(target) + ".tmp", [(x, b"") for x in keys])
+            continue
+        target.write_text(v.replace("\\n", "\n") + "\n" if v else "")
