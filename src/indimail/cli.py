@@ -94,6 +94,10 @@ COMMANDS: dict[str, tuple[str, int]] = {
     "qmail-qmqpc": ("indimail.smtpd.qmail_qmqpc", 81),
 }
 
+# Commands that run once per message and may end without the interpreter's
+# teardown (see _fast_exit): they write with os.write or flush before return.
+FAST_EXIT = frozenset({"sendmail", "qmail-inject", "qmail-queue"})
+
 
 def _usage() -> str:
     return "usage: indimail COMMAND [ARGS...] | indimail --list"
@@ -107,10 +111,9 @@ def run(name: str, argv: list[str]) -> int:
         return 100
     module_name, internal_code = entry
     try:
-        import importlib
-
         module_name, _, func = module_name.partition(":")
-        module = importlib.import_module(module_name)
+        __import__(module_name)  # importlib.import_module without importlib (~1 ms)
+        module = sys.modules[module_name]
         return int(getattr(module, func or "main")([name, *argv[1:]]) or 0)
     except Fatal as exc:
         _flush_quietly()
@@ -152,13 +155,45 @@ def _silence_stdout() -> None:
         pass
 
 
+def _fast_exit(code: int) -> None:
+    """End the process now, skipping the interpreter's teardown (freeing every
+    module and object: ~10 ms for sendmail, which runs once per message).
+
+    Only for commands in FAST_EXIT, whose data all goes out by os.write or is
+    flushed before they return, and only when nothing registered with atexit
+    and no other thread runs; stdout and stderr are flushed first.
+    """
+    import atexit  # built in: free
+
+    if atexit._ncallbacks():  # type: ignore[attr-defined]
+        return
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            return
+    os._exit(code & 0xFF)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch on argv[0] or on the first argument."""
+    """Dispatch on argv[0] or on the first argument.
+
+    Called without ``argv`` (as the program's entry point) a command in
+    FAST_EXIT ends the process itself when done; with ``argv`` (tests, other
+    callers) it always returns.
+    """
+    entry = argv is None
     if argv is None:
         argv = sys.argv
     name = os.path.basename(argv[0]) if argv else "indimail"
     if name in COMMANDS:
         code = run(name, argv)
+        if entry and name in FAST_EXIT:
+            _flush_quietly()
+            _fast_exit(code)
     elif len(argv) < 2:
         sys.stderr.write(_usage() + "\n")
         code = 100
@@ -170,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     else:
         code = run(argv[1], argv[1:])
+        if entry and argv[1] in FAST_EXIT:
+            _flush_quietly()
+            _fast_exit(code)
     _flush_quietly()
     return code
 

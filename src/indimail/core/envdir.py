@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
 from pathlib import Path
 
 from indimail.core.errors import Fatal
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
 
 MAX_VALUE = 256  # envdir reads at most this much of a file
 

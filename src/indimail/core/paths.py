@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from indimail.core.errors import Fatal
+from indimail.core.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PATHS_FILE = "indimail-paths.conf"
 
@@ -151,10 +154,36 @@ def _int(values: Mapping[str, str], key: str, default: int, where: str) -> int:
         raise Fatal(111, f"{key}={raw!r} is not a number ({where})") from None
 
 
-@dataclass(frozen=True)
-class Paths:
-    """The resolved directories, queue geometry and role names."""
+class Paths(Record):
+    """The resolved directories, queue geometry and role names (immutable,
+    compared by value: a frozen dataclass written out, see core/record.py)."""
 
+    _fields = (
+        "prefix",
+        "bindir",
+        "sbindir",
+        "qmailhome",
+        "sysconfdir",
+        "controldir",
+        "shareddir",
+        "libexecdir",
+        "servicedir",
+        "logdir",
+        "rundir",
+        "queue_base_env",  # QUEUE_BASE from env or file; None: ask control/queue_base
+        "queue_count",
+        "queue_start",
+        "assigndir",
+        "certdir",
+        "plugindir",
+        "conf_split",
+        "bigtodo",
+        "users",
+        "groups",
+        "source",  # the paths file used, if any
+        "rootless",  # a rootless instance: every role is one account
+    )
+    __slots__ = _fields
     prefix: Path
     bindir: Path
     sbindir: Path
@@ -166,7 +195,7 @@ class Paths:
     servicedir: Path
     logdir: Path
     rundir: Path
-    queue_base_env: Path | None  # QUEUE_BASE from env or file; None: ask control/queue_base
+    queue_base_env: Path | None
     queue_count: int
     queue_start: int
     assigndir: Path
@@ -174,10 +203,42 @@ class Paths:
     plugindir: Path
     conf_split: int
     bigtodo: int
-    users: dict[str, str] = field(default_factory=dict)
-    groups: dict[str, str] = field(default_factory=dict)
-    source: Path | None = None  # the paths file used, if any
-    rootless: bool = False  # a rootless instance: every role is one account
+    users: dict[str, str]
+    groups: dict[str, str]
+    source: Path | None
+    rootless: bool
+
+    def __init__(
+        self,
+        prefix: Path,
+        bindir: Path,
+        sbindir: Path,
+        qmailhome: Path,
+        sysconfdir: Path,
+        controldir: Path,
+        shareddir: Path,
+        libexecdir: Path,
+        servicedir: Path,
+        logdir: Path,
+        rundir: Path,
+        queue_base_env: Path | None,
+        queue_count: int,
+        queue_start: int,
+        assigndir: Path,
+        certdir: Path,
+        plugindir: Path,
+        conf_split: int,
+        bigtodo: int,
+        users: dict[str, str] | None = None,
+        groups: dict[str, str] | None = None,
+        source: Path | None = None,
+        rootless: bool = False,
+    ) -> None:
+        values = locals()
+        for name in self._fields:
+            self._set(name, values[name])
+        self._set("users", {} if users is None else users)
+        self._set("groups", {} if groups is None else groups)
 
     def user(self, role: str) -> str:
         """Account name for ``role`` (e.g. ``qmailq``)."""

@@ -9,8 +9,9 @@ installed systems run).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from indimail.core.record import Record
 
 # (name, split?, dir mode, owner role, group role); split None = BIGTODO decides.
 QUEUE_DIRS: tuple[tuple[str, bool | None, int, str], ...] = (
@@ -31,13 +32,19 @@ TCPTO_SIZE = 2048
 TRIGGER_MODE = 0o622
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Geometry of one queue directory."""
+class Layout(Record):
+    """Geometry of one queue directory (immutable, compared by value)."""
 
+    _fields = ("root", "split", "bigtodo")
+    __slots__ = _fields
     root: Path
-    split: int = 151
-    bigtodo: int = 0
+    split: int
+    bigtodo: int
+
+    def __init__(self, root: Path, split: int = 151, bigtodo: int = 0) -> None:
+        self._set("root", root)
+        self._set("split", split)
+        self._set("bigtodo", bigtodo)
 
     def is_split(self, subdir: str) -> bool:
         for name, split, _mode, _owner in QUEUE_DIRS:

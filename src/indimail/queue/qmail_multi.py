@@ -10,12 +10,16 @@ QUEUEDIR set, as the original execs qmail-queue.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
-from indimail.core.paths import Paths
 from indimail.queue import codes
 from indimail.queue.qmail_queue import QueueError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from indimail.core.paths import Paths
 
 
 def choose_queue(environ: Mapping[str, str], p: Paths) -> Path:

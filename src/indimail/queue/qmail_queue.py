@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
-import socket
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from indimail.core import paths as _paths
 from indimail.core.dates import date822fmt
 from indimail.core.errors import Fatal
+from indimail.core.record import Record
 from indimail.queue import codes
 from indimail.queue.layout import Layout
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import BinaryIO
+
+# sendmail and qmail-smtpd queue in-process through enqueue(): this module
+# keeps its start-up imports light (no signal, socket, dataclasses, typing at
+# run time); main() and the rare paths import what they need.
 
 ADDR = 1003  # longest address + NUL the original accepts
 DEATH = 86400
@@ -51,12 +56,17 @@ class QueueError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Envelope:
+class Envelope(Record):
     """Sender and recipients as bytes, without the record letters."""
 
+    _fields = ("sender", "recipients")
+    __slots__ = _fields
     sender: bytes
     recipients: tuple[bytes, ...]
+
+    def __init__(self, sender: bytes, recipients: tuple[bytes, ...]) -> None:
+        self._set("sender", sender)
+        self._set("recipients", recipients)
 
     def check(self) -> None:
         for addr in (self.sender, *self.recipients):
@@ -156,7 +166,9 @@ def received_line(
     hide = bool(environ.get("HIDE_HOST"))
     parts = [f"Received: indimail-mta queue {pid}"]
     if not hide:
-        host = environ.get("HOSTNAME") or socket.gethostname() or "unknown"
+        # os.uname().nodename is what socket.gethostname() returns on POSIX
+        # (both are uname(2)), without importing socket.
+        host = environ.get("HOSTNAME") or os.uname().nodename or "unknown"
         parts.append(f" by host {host}\n ")
     role = _role_of_uid(uid)
     if role == "alias":
@@ -469,6 +481,15 @@ def queue_dir_from_env(environ: dict[str, str] | os._Environ[str]) -> Path:
 
 
 def _remote_ip_of_stdin() -> str | None:
+    import stat
+
+    try:
+        if not stat.S_ISSOCK(os.fstat(0).st_mode):
+            return None  # a pipe or a file: no peer, and no need for socket
+    except OSError:
+        return None
+    import socket
+
     try:
         sock = socket.socket(fileno=os.dup(0))
     except OSError:
@@ -488,6 +509,8 @@ def _alarm(_signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     """qmail-queue: message on fd 0, envelope on fd 1."""
+    import signal
+
     environ = os.environ
     if len(argv) > 1 and argv[1] in ("-h", "--help"):
         os.write(2, b"usage: qmail-queue (message on fd 0, envelope on fd 1)\n")
@@ -507,6 +530,11 @@ def main(argv: list[str]) -> int:
         return _fail(QueueError(codes.CONFIG_ERR, exc.message))
     layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
     uid = os.getuid()
+    # Before switching to the queue's owner: what this imports (socket) may
+    # not be readable by that account.
+    remote_ip = environ.get("TCPREMOTEIP")
+    if not remote_ip and not environ.get("FASTQUEUE") and not environ.get("HIDE_HOST"):
+        remote_ip = _remote_ip_of_stdin()
     try:
         st = os.stat(queuedir)
         euid = os.geteuid()
@@ -523,9 +551,6 @@ def main(argv: list[str]) -> int:
         return _fail(
             QueueError(codes.GET_UID_GID, f"unable to switch to the queue owner: {exc.strerror}")
         )
-    remote_ip = environ.get("TCPREMOTEIP")
-    if not remote_ip and not environ.get("FASTQUEUE") and not environ.get("HIDE_HOST"):
-        remote_ip = _remote_ip_of_stdin()
     pid = os.getpid()
     try:
         received = received_line(pid, uid, environ, remote_ip)

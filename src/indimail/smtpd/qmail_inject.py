@@ -23,14 +23,22 @@ recipients, message too large, no recipients, or a permanent queue error;
 from __future__ import annotations
 
 import os
-import re
 import sys
-import tempfile
 import time
-from collections.abc import Callable, MutableMapping
-from typing import BinaryIO, Protocol
 
 from indimail.core.errors import EXIT_PERM, EXIT_TEMP, Fatal, UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
+if TYPE_CHECKING:
+    from collections.abc import Callable, MutableMapping
+    from typing import BinaryIO, Protocol
+
+    class LineReader(Protocol):
+        def readline(self, size: int = -1, /) -> bytes: ...
+
+# Start-up matters (sendmail runs once per message): this module and what it
+# imports on the way to the queue stay clear of re, typing, tempfile,
+# dataclasses, subprocess and socket, each of which costs milliseconds.
 
 PROG = "qmail-inject"
 USAGE = "usage: qmail-inject [-nNaAhHs] [-fsender] [recip ...]"
@@ -59,16 +67,36 @@ _PUNCT = {DOT: b".", AT: b"@", LEFT: b"<", RIGHT: b">", SEMI: b";", COLON: b":"}
 _WHITE = frozenset(b" \t\r\n")
 _NOT_ATOM = frozenset(b' \t\r\n(["<>;:@,.')
 _BACKSLASH = ord("\\")
-_ATOM_RUN = re.compile(rb'[^ \t\r\n(\["<>;:@,.\\]+')
-_QUOTE_RUN = re.compile(rb'[^"\\]+')
-_LITERAL_RUN = re.compile(rb"[^\]\\]+")
-_COMMENT_RUN = re.compile(rb"[^()\\]+")
-_ATOM_NEEDS_QUOTE = re.compile(rb"[\x00-\x1f\x7f-\xff)\]\\]")
-_UNPARSE_ESCAPE = re.compile(rb'(["\[\]()\\\r\n])')
+_ATOM_STOP = _NOT_ATOM | {ord("\\")}  # an atom's plain run ends at these
+_QUOTE_STOP = frozenset(b'"\\')
+_LITERAL_STOP = frozenset(b"]\\")
+_COMMENT_STOP = frozenset(b"()\\")
+# Bytes an atom may hold as is; any other makes it a quoted string.
+_ATOM_OK = bytes(c for c in range(0x20, 0x7F) if c not in b")]\\")
+_UNPARSE_SPECIAL = b'"[]()\\\r\n'  # escaped with a backslash when written back
 _WORDS = (ATOM, LITERAL, QUOTE, COMMENT)
 
 
-def _enclosed(s: bytes, i: int, run: re.Pattern[bytes], close: int, nest: int | None):
+def _run_end(s: bytes, i: int, n: int, stop: frozenset[int]) -> int:
+    """Index of the first byte at or after ``i`` that is in ``stop`` (or ``n``)."""
+    while i < n and s[i] not in stop:
+        i += 1
+    return i
+
+
+def _escape(text: bytes, special: bytes) -> bytes:
+    """A backslash before each byte of ``text`` that is in ``special``."""
+    if len(text.translate(None, special)) == len(text):
+        return text
+    out = bytearray()
+    for c in text:
+        if c in special:
+            out.append(0x5C)
+        out.append(c)
+    return bytes(out)
+
+
+def _enclosed(s: bytes, i: int, stop: frozenset[int], close: int, nest: int | None):
     """Text of a quoted string, domain literal or comment starting at ``i``.
 
     Returns ``(text, next index)`` or ``(None, i)`` if it is not closed.  As
@@ -78,10 +106,10 @@ def _enclosed(s: bytes, i: int, run: re.Pattern[bytes], close: int, nest: int | 
     n = len(s)
     level = 1
     while True:
-        m = run.match(s, i)
-        if m:
-            buf += m.group()
-            i = m.end()
+        end = _run_end(s, i, n, stop)
+        if end > i:
+            buf += s[i:end]
+            i = end
         if i >= n:
             return None, i
         c = s[i]
@@ -116,13 +144,13 @@ def tokenize(s: bytes) -> list[Token] | None:
             return None
         elif c in b'("[':
             if c == ord("("):
-                text, i = _enclosed(s, i + 1, _COMMENT_RUN, ord(")"), ord("("))
+                text, i = _enclosed(s, i + 1, _COMMENT_STOP, ord(")"), ord("("))
                 kind = COMMENT
             elif c == ord('"'):
-                text, i = _enclosed(s, i + 1, _QUOTE_RUN, ord('"'), None)
+                text, i = _enclosed(s, i + 1, _QUOTE_STOP, ord('"'), None)
                 kind = QUOTE
             else:
-                text, i = _enclosed(s, i + 1, _LITERAL_RUN, ord("]"), None)
+                text, i = _enclosed(s, i + 1, _LITERAL_STOP, ord("]"), None)
                 kind = LITERAL
             if text is None:
                 return None
@@ -140,12 +168,12 @@ def tokenize(s: bytes) -> list[Token] | None:
                 elif c in _NOT_ATOM:
                     break
                 else:
-                    m = _ATOM_RUN.match(s, i)
-                    assert m is not None
-                    buf += m.group()
-                    i = m.end()
+                    end = _run_end(s, i + 1, n, _ATOM_STOP)
+                    buf += s[i:end]
+                    i = end
             text = bytes(buf)
-            toks.append((QUOTE if _ATOM_NEEDS_QUOTE.search(text) else ATOM, text))
+            kind = QUOTE if text.translate(None, _ATOM_OK) else ATOM
+            toks.append((kind, text))
     return toks
 
 
@@ -189,7 +217,7 @@ def unparse(toks: list[Token], linelen: int = LINELEN) -> bytes:
         elif kind in _PUNCT:
             buf += _PUNCT[kind]
         else:
-            escaped = _UNPARSE_ESCAPE.sub(rb"\\\1", text)
+            escaped = _escape(text, _UNPARSE_SPECIAL)
             if kind == QUOTE:
                 buf += b'"' + escaped + b'"'
             elif kind == LITERAL:
@@ -311,7 +339,7 @@ def addrlist(toks: list[Token], callback: Callable[[list[Token]], None]) -> list
 # quote.c: RFC 821 quoting of a local part, as little as possible.
 
 _QUOTE_OK = frozenset(c for c in range(33, 127) if chr(c) not in '"(),:;<>@[\\]')
-_QUOTE_ESCAPE = re.compile(rb'([\r\n"\\])')
+_QUOTE_SPECIAL = b'\r\n"\\'
 
 
 def quote_need(s: bytes) -> bool:
@@ -324,7 +352,7 @@ def quote_need(s: bytes) -> bool:
 
 def quote(s: bytes) -> bytes:
     if quote_need(s):
-        return b'"' + _QUOTE_ESCAPE.sub(rb"\\\1", s) + b'"'
+        return b'"' + _escape(s, _QUOTE_SPECIAL) + b'"'
     return s
 
 
@@ -480,10 +508,6 @@ class SubGetopt:
 # The message: header fields, then the body.
 
 
-class LineReader(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
-
-
 def _show(line: bytes) -> str:
     text = line.rstrip(b"\n")
     shown = text[:SHOW_LINE].decode("utf-8", "backslashreplace")
@@ -497,13 +521,18 @@ def _die_parse(line: bytes) -> Fatal:
 
 
 def _scan_uint(text: str) -> int:
-    m = re.match(r"\d+", text)
-    return int(m.group()) if m else 0
+    """The leading decimal digits of ``text`` as a number (0 if none)."""
+    end = 0
+    while end < len(text) and text[end].isdecimal():
+        end += 1
+    return int(text[:end]) if end else 0
 
 
 def _scan_int(text: str) -> int:
-    m = re.match(r"[-+]?\d+", text)
-    return int(m.group()) if m else 0
+    """An optionally signed leading number of ``text`` (0 if none)."""
+    sign = 1 if text[:1] in ("-", "+") else 0
+    digits = _scan_uint(text[sign:])
+    return -digits if text[:1] == "-" else digits
 
 
 class _Sink:
@@ -527,6 +556,43 @@ class _Sink:
             self.out.write(data)
         except OSError as exc:
             raise Fatal(EXIT_TEMP, f"unable to write message: {exc.strerror}") from None
+
+
+class _Spool:
+    """The message on its way to the queue: in memory up to SPOOL_IN_MEMORY
+    bytes, then in an unnamed temporary file (tempfile is imported only then)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.file is None:
+            self.buf += data
+            if len(self.buf) <= SPOOL_IN_MEMORY:
+                return
+            import tempfile
+
+            try:
+                self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            except OSError as exc:
+                raise Fatal(EXIT_TEMP, f"unable to create temporary file: {exc.strerror}") from None
+            data, self.buf = bytes(self.buf), bytearray()
+        self.file.write(data)
+
+    def contents(self) -> bytes | BinaryIO:
+        """The message: bytes, or the temporary file positioned at its start."""
+        if self.file is None:
+            return bytes(self.buf)
+        try:
+            self.file.seek(0)
+        except OSError as exc:
+            raise Fatal(EXIT_TEMP, f"unable to read temporary file: {exc.strerror}") from None
+        return self.file
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class _Inject:
@@ -959,11 +1025,8 @@ class _Inject:
                 raise Fatal(EXIT_TEMP, f"unable to write output: {exc.strerror}") from None
             return 0
 
+        spool = _Spool()
         try:
-            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
-        except OSError as exc:
-            raise Fatal(EXIT_TEMP, f"unable to create temporary file: {exc.strerror}") from None
-        with spool:
             sink = _Sink(spool, self.databytes)  # type: ignore[arg-type]
             self.message(stdin, sink)
             if sink.over:
@@ -977,13 +1040,11 @@ class _Inject:
                     "no recipients: none given as arguments"
                     + ("" if strategy == "args" else " and none found in the header"),
                 )
-            try:
-                spool.seek(0)
-            except OSError as exc:
-                raise Fatal(EXIT_TEMP, f"unable to read temporary file: {exc.strerror}") from None
-            return self.queue(spool, recipients)
+            return self.queue(spool.contents(), recipients)
+        finally:
+            spool.close()
 
-    def queue(self, message: BinaryIO, recipients: list[bytes]) -> int:
+    def queue(self, message: bytes | BinaryIO, recipients: list[bytes]) -> int:
         from indimail.queue import codes
         from indimail.queue.submit import SubmitError, is_ours, submit
 

@@ -1,0 +1,52 @@
+"""Record: the frozen-dataclass stand-in of Paths, Layout and Envelope."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from indimail.core.record import FrozenInstanceError
+from indimail.queue.layout import Layout
+from indimail.queue.qmail_queue import Envelope
+
+
+def test_value_semantics():
+    a = Layout(Path("/q"), split=23)
+    assert a == Layout(root=Path("/q"), split=23, bigtodo=0)
+    assert a != Layout(Path("/q"))
+    assert hash(a) == hash(Layout(Path("/q"), 23, 0))
+    assert repr(a) == "Layout(root=PosixPath('/q'), split=23, bigtodo=0)"
+    assert Envelope(b"s", (b"r",)) == Envelope(b"s", (b"r",))
+    assert Envelope(b"s", (b"r",)) != (b"s", (b"r",))
+
+
+def test_frozen():
+    a = Layout(Path("/q"))
+    with pytest.raises(FrozenInstanceError):
+        a.split = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del a.root
+    with pytest.raises(AttributeError):
+        a.other = 1  # type: ignore[attr-defined]
+
+
+def test_injection_path_imports_stay_light():
+    # sendmail runs once per message: what it imports must not pull in
+    # modules that cost milliseconds at every start.
+    code = (
+        "import sys\n"
+        "import indimail.smtpd.sendmail, indimail.queue.qmail_queue, indimail.core.control\n"
+        "heavy = {'dataclasses', 'typing', 'tempfile', 'subprocess', 'socket', 'inspect'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n" + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
