@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -58,6 +57,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from private_postfix import PrivatePostfix, free_port  # noqa: E402
 from supervision_footprint import descendants, pss_kb  # noqa: E402
 
 FROZEN = Path(os.environ.get("INDIMAIL_FROZEN") or ROOT / "dist" / "indimail") / "indimail"
@@ -70,12 +70,6 @@ SIZE = 4096
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -175,105 +169,36 @@ class Sink:
 
 
 # -- Postfix -------------------------------------------------------------------
-def _postfix_template(name: str, pristine: str) -> str:
-    for path in (f"/usr/share/postfix/{pristine}", f"/etc/postfix/{name}"):
-        if os.path.exists(path):
-            return path
-    raise RuntimeError(f"no {name} template (apt-get install postfix)")
-
-
-class Postfix:
-    """A private Postfix (the approach of tests/integration/test_delivery_peers.py)."""
+class Postfix(PrivatePostfix):
+    """The private Postfix, plus relay.test routed to the smtp-sink."""
 
     name = "postfix"
 
     def __init__(self, top: Path, sink_port: int) -> None:
-        self.top = top
-        self.conf, self.spool = top / "conf", top / "spool"
-        self.data, self.mail = top / "data", top / "mail"
-        self.log = top / "maillog"
-        self.port = free_port()
-        for d in (self.conf, self.spool, self.data, self.mail):
-            d.mkdir(parents=True)
-        shutil.copy(_postfix_template("main.cf", "main.cf.debian"), self.conf / "main.cf")
-        shutil.copy(_postfix_template("master.cf", "master.cf.dist"), self.conf / "master.cf")
-        nobody = pwd.getpwnam("nobody")
-        os.chown(self.mail, nobody.pw_uid, nobody.pw_gid)
-        os.chown(self.data, pwd.getpwnam("postfix").pw_uid, -1)
-        (self.conf / "vmailbox").write_text(f"{RCPT} bench/Maildir/\n")
-        (self.conf / "transport").write_text(f"relay.test smtp:[127.0.0.1]:{sink_port}\n")
-        settings = {
-            "queue_directory": self.spool,
-            "data_directory": self.data,
-            "inet_interfaces": "127.0.0.1",
-            "inet_protocols": "ipv4",
-            "myhostname": "pf.example.test",
-            "mydestination": "localhost",
-            "alias_maps": "",
-            "alias_database": "",
-            "mynetworks": "127.0.0.0/8",
-            "smtpd_peername_lookup": "no",
-            "disable_dns_lookups": "yes",
-            "smtp_host_lookup": "native",
-            "maillog_file": self.log,
-            "maillog_file_prefixes": top,
-            "virtual_mailbox_domains": HOST,
-            "virtual_mailbox_base": self.mail,
-            "virtual_mailbox_maps": f"texthash:{self.conf / 'vmailbox'}",
-            "virtual_uid_maps": f"static:{nobody.pw_uid}",
-            "virtual_gid_maps": f"static:{nobody.pw_gid}",
-            "transport_maps": f"texthash:{self.conf / 'transport'}",
-            "relay_domains": "relay.test",
-            "default_transport": "error",
-            "relay_transport": "error",
-        }
-        self.postconf("-e", *(f"{k}={v}" for k, v in settings.items()))
-        self.postconf("-F", "*/*/chroot = n")
-        self.postconf("-M#", "smtp/inet")
-        spec = f"127.0.0.1:{self.port}"
-        self.postconf("-Me", f"{spec}/inet={spec} inet n - n - - smtpd")
+        top.mkdir(parents=True)
+        (top / "transport").write_text(f"relay.test smtp:[127.0.0.1]:{sink_port}\n")
+        super().__init__(
+            top,
+            HOST,
+            ["bench"],
+            hostname="pf.example.test",
+            settings={
+                "smtp_host_lookup": "native",
+                "transport_maps": f"texthash:{top / 'transport'}",
+                "relay_domains": "relay.test",
+            },
+        )
         self.maildir = self.mail / "bench" / "Maildir"
 
-    def postconf(self, *args: str) -> None:
-        run(["postconf", "-c", str(self.conf), *args], timeout=30)
-
-    def env(self) -> dict[str, str]:
-        return {"PATH": "/usr/sbin:/usr/bin:/bin", "MAIL_CONFIG": str(self.conf)}
-
     def start(self) -> None:
-        run(["postfix", "-c", str(self.conf), "start"], timeout=60, env=self.env())
+        super().start()
         wait_port(self.port)
 
     def root_pid(self) -> int | None:
-        try:
-            return int((self.spool / "pid" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def queue_empty(self) -> bool:
-        return all(
-            not any(os.scandir(self.spool / d)) if (self.spool / d).is_dir() else True
-            for d in ("maildrop", "incoming", "active", "deferred")
-        )
+        return self.master_pid()
 
     def inject_cmd(self) -> list[str]:
         return ["/usr/sbin/sendmail", "-f", SENDER, RCPT]
-
-    def stop(self) -> None:
-        pid = self.root_pid()
-        subprocess.run(
-            ["postfix", "-c", str(self.conf), "stop"],
-            capture_output=True,
-            timeout=60,
-            env=self.env(),
-        )
-        if pid is None:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-            time.sleep(0.1)
-        if os.path.exists(f"/proc/{pid}"):
-            os.kill(pid, signal.SIGKILL)
 
 
 # -- ours ------------------------------------------------------------------------

@@ -21,9 +21,9 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_delivery import Delivery, free_port, queue_empty
+from test_delivery import Delivery, queue_empty
 
-from support import need_program
+from support import ROOT, need_program
+
+sys.path.insert(0, str(ROOT / "bench"))
+from private_postfix import PrivatePostfix
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 SENDER = f"{ME}@mx.example.test"
@@ -245,125 +248,6 @@ def body_of(data: bytes) -> bytes:
 
 
 # -- (a) Postfix as the remote MX ----------------------------------------------
-
-
-def _postfix_file(name: str, pristine: str) -> str:
-    """The package's pristine file (the machine's own Postfix configuration
-    does not matter), else the one in /etc/postfix."""
-    for path in (f"/usr/share/postfix/{pristine}", f"/etc/postfix/{name}"):
-        if os.path.exists(path):
-            return path
-    pytest.skip(f"no {name} template (apt-get install postfix)")
-
-
-class PrivatePostfix:
-    """A Postfix with its own config/queue/data dirs, smtpd on 127.0.0.1:port,
-    ``virtual`` delivery for ``domain`` into ``mail/<box>/Maildir/``.
-
-    What it takes on this machine (no systemd, no syslog; Postfix must
-    start as root):
-
-    * the config dir is a sibling of the queue dir, not its parent:
-      ``postfix start`` checks that everything under config_directory is
-      owned by root;
-    * ``data_directory`` is owned by postfix (master.lock lives there);
-    * every service runs with chroot = n: a fresh queue dir has none of
-      the files a chroot needs;
-    * the top dir is world-traversable (pytest's temp dirs are 0700), as
-      the daemons run as postfix and ``virtual`` writes as nobody;
-    * ``maillog_file_prefixes`` must allow the log file outside /var;
-    * the ``smtp inet`` service is commented out and smtpd listens only on
-      ``127.0.0.1:<free port>``; ``postfix -c DIR start|stop``.
-    """
-
-    def __init__(self, top: Path, domain: str, boxes: list[str]) -> None:
-        self.postfix = need_program("postfix", "postfix")
-        self.postconf_prog = need_program("postconf", "postfix")
-        self.top = top
-        self.conf = top / "conf"
-        self.spool = top / "spool"
-        self.data = top / "data"
-        self.mail = top / "mail"
-        self.log = top / "maillog"
-        self.port = free_port()
-        for d in (self.conf, self.spool, self.data, self.mail):
-            d.mkdir(parents=True)
-        shutil.copy(_postfix_file("main.cf", "main.cf.debian"), self.conf / "main.cf")
-        shutil.copy(_postfix_file("master.cf", "master.cf.dist"), self.conf / "master.cf")
-        nobody = pwd.getpwnam("nobody")
-        self.uid, self.gid = nobody.pw_uid, nobody.pw_gid
-        if os.getuid() == 0:
-            os.chown(self.mail, self.uid, self.gid)
-            os.chown(self.data, pwd.getpwnam("postfix").pw_uid, -1)
-        (self.conf / "vmailbox").write_text(
-            "".join(f"{box}@{domain} {box}/Maildir/\n" for box in boxes)
-        )
-        settings = {
-            "queue_directory": self.spool,
-            "data_directory": self.data,
-            "inet_interfaces": "127.0.0.1",
-            "inet_protocols": "ipv4",
-            "myhostname": "peer-mx.test",
-            "mydestination": "localhost",
-            "alias_maps": "",
-            "alias_database": "",
-            "mynetworks": "127.0.0.0/8",
-            "smtpd_peername_lookup": "no",
-            "disable_dns_lookups": "yes",
-            "maillog_file": self.log,
-            "maillog_file_prefixes": top,
-            "virtual_mailbox_domains": domain,
-            "virtual_mailbox_base": self.mail,
-            "virtual_mailbox_maps": f"texthash:{self.conf / 'vmailbox'}",
-            "virtual_uid_maps": f"static:{self.uid}",
-            "virtual_gid_maps": f"static:{self.gid}",
-            "default_transport": "error",
-            "relay_transport": "error",
-        }
-        self.postconf("-e", *(f"{k}={v}" for k, v in settings.items()))
-        # no chroot (the queue dir is a temp dir), smtpd only on our port
-        self.postconf("-F", "*/*/chroot = n")
-        self.postconf("-M#", "smtp/inet")
-        spec = f"127.0.0.1:{self.port}"
-        self.postconf("-Me", f"{spec}/inet={spec} inet n - n - - smtpd")
-
-    def postconf(self, *args: str) -> None:
-        res = subprocess.run(
-            [self.postconf_prog, "-c", str(self.conf), *args], capture_output=True, timeout=30
-        )
-        assert res.returncode == 0, res.stderr.decode()
-
-    def start(self) -> None:
-        res = subprocess.run(
-            [self.postfix, "-c", str(self.conf), "start"], capture_output=True, timeout=60
-        )
-        assert res.returncode == 0, res.stderr.decode() + self.maillog()
-
-    def master_pid(self) -> int | None:
-        try:
-            return int((self.spool / "pid" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def stop(self) -> None:
-        pid = self.master_pid()
-        subprocess.run(
-            [self.postfix, "-c", str(self.conf), "stop"], capture_output=True, timeout=60
-        )
-        if pid is None:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-            time.sleep(0.1)
-        if os.path.exists(f"/proc/{pid}"):  # still there: by its pid, not by name
-            os.kill(pid, signal.SIGKILL)
-
-    def maillog(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def delivered(self, box: str) -> list[Path]:
-        new = self.mail / box / "Maildir" / "new"
-        return sorted(new.iterdir()) if new.is_dir() else []
 
 
 # the body of the message sent through Postfix: things an MTA may mangle
