@@ -186,7 +186,10 @@ def queue(p: _paths.Paths) -> int:
 
 
 def shut(p: _paths.Paths, sdir: Path) -> int:
-    _svc("-d", services(sdir, LISTENERS + SENDERS))
+    # every service, not only mail's: svscan going away must not leave
+    # orphans (qmail-queued, anything the admin added)
+    everything = [d for d in services(sdir, ("",)) if not d.name.startswith(".")]
+    _svc("-d", everything)
     pid = svscan_pid(p, sdir)
     if pid is None:
         _say("svscan is not running\n")

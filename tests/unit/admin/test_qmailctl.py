@@ -85,10 +85,25 @@ def test_stat_start_stop_and_mail_flow(tmp_path) -> None:
         assert inst.run("qmailctl", "start").returncode == 0
         assert inst.run("qmailctl", "shut").returncode == 0
         proc.wait(timeout=30)
+        time.sleep(0.5)
+        left = [
+            pid for pid in os.listdir("/proc") if pid.isdigit() and str(inst.top) in _cmdline(pid)
+        ]
+        assert not left, [_cmdline(pid) for pid in left]
     finally:
+        if proc.poll() is None:
+            inst.run("qmailctl", "shut")  # every service, then svscan
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_builtin_rules_compiler_matches_tcprules_format(tmp_path) -> None:
