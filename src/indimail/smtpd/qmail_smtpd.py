@@ -21,7 +21,6 @@ import os
 import signal
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,10 +32,18 @@ from indimail.core.dates import date822fmt
 from indimail.smtpd import smtpd_io
 from indimail.smtpd.recipients import Recipients, RecipientsTrouble
 from indimail.smtpd.smtpd_checks import AddressList, ControlTrouble, RcptHosts, relayclient_for
-from indimail.smtpd.smtpd_data import BareLF, DataSink
+from indimail.smtpd.smtpd_data import BareLF, DataSink, Spool
 
 # tcpserver -n/-s may hand us its TLS session in-process (ucspi.context)
 UCSPI_TLS_AWARE = True
+# imported by tcpserver's listening process before the first accept
+UCSPI_WARM = (
+    "indimail.queue.submit",
+    "indimail.queue.qmail_multi",
+    "indimail.smtpd.smtpd_netstring",
+    "indimail.auth.checkpassword",
+    "fcntl",
+)
 
 SUBM_PORT = 587
 ODMR_PORT = 366
@@ -913,7 +920,7 @@ class Session:
         if self.flagsize:
             self.err_size(mf)
             return
-        with tempfile.TemporaryFile() as spool:
+        with Spool() as spool:
             spool.write(self.received())
             sink = DataSink(spool, self.databytes, self.allow_barelf)
             self.reply("354 go ahead")
@@ -935,9 +942,7 @@ class Session:
             if sink.too_big:
                 self.err_size(mf)
                 return
-            spool.flush()
-            spool.seek(0)
-            self.queue(spool, mf)
+            self.queue(spool.message(), mf)
 
     def err_size(self, mf: str) -> None:
         self.reply(R_DATABYTES)
@@ -946,11 +951,11 @@ class Session:
                 f"data size exceeded: MAIL from <{mf}> RCPT <{_printable(r)}> Size: {self.msg_size}"
             )
 
-    def queue(self, spool, mf: str) -> None:
+    def queue(self, message, mf: str) -> None:
         from indimail.queue.submit import SubmitError, submit
 
         try:
-            queued = submit(spool, self.mailfrom, list(self.rcptto), environ=self.env)
+            queued = submit(message, self.mailfrom, list(self.rcptto), environ=self.env)
         except SubmitError as exc:
             text = exc.text or "Zqq temporary problem (#4.3.0)"
             last = text.rstrip("\n").split("\n")[-1]

@@ -91,10 +91,15 @@ def warm(argv: list[str]) -> list[str]:
         name = None if word.startswith("-") else command_name(word)
         if name is not None:
             try:
-                command_module(name)
+                mod = command_module(name)
                 warmed.append(name)
             except Exception:  # the command reports its own import trouble later
-                pass
+                continue
+            for extra in getattr(mod, "UCSPI_WARM", ()):
+                try:
+                    importlib.import_module(extra)
+                except Exception:
+                    pass
     return warmed
 
 

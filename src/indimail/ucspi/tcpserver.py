@@ -670,7 +670,7 @@ class Server:
         if self.unix_path:
             ip16, rport = b"unix".ljust(16, b"\0"), 0
         else:
-            ip16 = addr.parse(peer[0]) or b"\0" * 16  # type: ignore[index]
+            ip16 = _peer_ip16(peer[0])  # type: ignore[index]
             rport = peer[1]  # type: ignore[index]
         ipcount = sum(1 for v in self.children.values() if v == ip16)
         if o.perhostlimit and ipcount >= o.perhostlimit:
@@ -1034,6 +1034,16 @@ class Child:
             if time.monotonic() > deadline:
                 return 0
             time.sleep(0.02)
+
+
+def _peer_ip16(host: str) -> bytes:
+    """16 bytes of an address accept() gave (inet_pton: no ipaddress objects)."""
+    try:
+        if ":" in host:
+            return socket.inet_pton(socket.AF_INET6, host)
+        return addr.V4MAPPED + socket.inet_pton(socket.AF_INET, host)
+    except OSError:  # a scope id (fe80::1%eth0) and the like
+        return addr.parse(host) or b"\0" * 16
 
 
 def main(argv: list[str]) -> int:
