@@ -20,6 +20,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+from indimail.core import cdb
 from indimail.core.paths import Paths
 from indimail.deliver.mailfile import is_temp
 
@@ -90,35 +91,112 @@ def parse_record(data: bytes, where: str) -> UserEntry:
 
 def lookup_cdb(local: str, cdbpath: Path) -> UserEntry | None:
     """Step 1: users/cdb.  None if there is no cdb or no entry matches."""
-    from indimail.core import cdb
-
     try:
         reader = cdb.Reader(cdbpath)
     except FileNotFoundError:
         return None
     except (OSError, cdb.CdbError) as exc:
         raise UserLookupError(QLX_CDB, f"unable to read {cdbpath}: {exc}") from None
+    with reader:
+        return _lookup_reader(local, reader, cdbpath)
+
+
+def _lookup_reader(local: str, reader: cdb.Reader, cdbpath: Path) -> UserEntry | None:
+    """users/cdb lookup in an open database (see the module text)."""
     lower = b"!" + _enc(local).lower() + b"\0"
     local_b = _enc(local)
-    with reader:
-        try:
-            wild = reader.get(b"")
-            if wild is None:
-                raise UserLookupError(QLX_CDB, f"{cdbpath}: no wildcard list (empty key)")
-            i = len(lower)
-            flagwild = False
-            while i:
-                if not flagwild or i == 1 or lower[i - 1 : i] in _chars(wild):
-                    data = reader.get(lower[:i])
-                    if data is not None:
-                        if flagwild:
-                            data += local_b[i - 1 :]
-                        return parse_record(data, str(cdbpath))
-                i -= 1
-                flagwild = True
-        except cdb.CdbError as exc:
-            raise UserLookupError(QLX_CDB, f"{cdbpath}: {exc}") from None
+    try:
+        wild = reader.get(b"")
+        if wild is None:
+            raise UserLookupError(QLX_CDB, f"{cdbpath}: no wildcard list (empty key)")
+        i = len(lower)
+        flagwild = False
+        while i:
+            if not flagwild or i == 1 or lower[i - 1 : i] in _chars(wild):
+                data = reader.get(lower[:i])
+                if data is not None:
+                    if flagwild:
+                        data += local_b[i - 1 :]
+                    return parse_record(data, str(cdbpath))
+            i -= 1
+            flagwild = True
+    except cdb.CdbError as exc:
+        raise UserLookupError(QLX_CDB, f"{cdbpath}: {exc}") from None
     return None
+
+
+class CdbCache:
+    """users/cdb answers for a long-running spawner (qmail-lspawn).
+
+    The spawner asks before it forks a delivery, so the child need not
+    open, map and search the database again for every message.  Answers
+    are only kept while ``stat`` of the cdb gives the same identity
+    (device, inode, size, mtime, ctime): qmail-newu renames a new file
+    into place, so a rebuild is seen by the next delivery, as without the
+    cache.  A small database is read into memory (never mapped: a file
+    truncated in place must not be able to crash the spawner); anything
+    unusual (a big or broken file, a read error) answers "unknown", and
+    the child does the whole lookup itself, with the usual error codes.
+    """
+
+    MAX_BYTES = 1 << 20
+    MAX_ENTRIES = 4096
+    UNKNOWN = object()
+
+    def __init__(self, cdbpath: Path) -> None:
+        self.path = cdbpath
+        self.ident: tuple[int, ...] | None = None
+        self.reader: cdb.Reader | None = None
+        self.results: dict[str, UserEntry | None] = {}
+
+    def _refresh(self) -> bool:
+        """Bring the cached database in line with the file; False if it
+        cannot be used (the child must look up itself)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            ident: tuple[int, ...] = ()
+        except OSError:
+            return False
+        else:
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if ident == self.ident:
+            return self.ident == () or self.reader is not None
+        self.ident, self.reader = ident, None
+        self.results.clear()
+        if not ident:
+            return True  # no cdb: every address goes to the password database
+        if st.st_size > self.MAX_BYTES:
+            return False
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read(self.MAX_BYTES + 1)
+            if len(data) != st.st_size:
+                return False  # changing under us: let the child look
+            self.reader = cdb.Reader.from_bytes(data)
+        except (OSError, cdb.CdbError):
+            return False
+        return True
+
+    def lookup(self, local: str) -> object:
+        """The users/cdb entry (None: no entry matches, or no cdb), or
+        :attr:`UNKNOWN`."""
+        if not self._refresh():
+            return self.UNKNOWN
+        if self.reader is None:
+            return None
+        try:
+            return self.results[local]
+        except KeyError:
+            pass
+        try:
+            entry = _lookup_reader(local, self.reader, self.path)
+        except UserLookupError:
+            return self.UNKNOWN
+        if len(self.results) >= self.MAX_ENTRIES:
+            self.results.clear()
+        self.results[local] = entry
+        return entry
 
 
 def _chars(data: bytes) -> set[bytes]:

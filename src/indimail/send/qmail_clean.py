@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from indimail.queue.layout import Layout
+from indimail.send.todo import queue_paths
 
 OSSIFIED = 129600
 
@@ -26,8 +27,8 @@ def handle(layout: Layout, request: bytes) -> bytes:
     if kind not in (b"foop", b"todo") or not number.isdigit():
         return b"x"
     inode = int(number)
-    targets = [layout.path("intd", inode)]
-    targets.append(layout.path("mess" if kind == b"foop" else "todo", inode))
+    qpath = queue_paths(layout)
+    targets = (qpath("intd", inode), qpath("mess" if kind == b"foop" else "todo", inode))
     for path in targets:
         try:
             os.unlink(path)

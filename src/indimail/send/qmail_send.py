@@ -32,7 +32,7 @@ from indimail.core import paths as _paths
 from indimail.queue.layout import Layout
 from indimail.send import bounce as _bounce
 from indimail.send.rewrite import Rewriter
-from indimail.send.todo import TodoError, preprocess, sync_all
+from indimail.send.todo import TodoError, preprocess, queue_paths, read_small, sync_all
 
 CHANNELS = (0, 1)  # 0 local, 1 remote
 CHAN_NAME = ("local", "remote")
@@ -40,20 +40,18 @@ CHAN_FILE = ("local", "remote")
 CHANSKIP = (10, 20)
 SLEEP_SYSFAIL = 123
 SLEEP_TODO = 1500
+INFO_CACHE_MAX = 20000  # info records kept in memory (the rest are read from disk)
 DYING_TEXT = b"I'm not going to try again; this message has been in the queue too long.\n"
+
+
+_SAFE = bytes(
+    0x2F if b == 0x0A else 0x5F if b < 0x21 or b > 0x7E or b == 0x25 else b for b in range(256)
+)
 
 
 def safe_log_text(data: bytes) -> str:
     """As the original: newline -> '/', bytes outside '!'..'~' (or '%') -> '_'."""
-    out = bytearray()
-    for b in data:
-        if b == 0x0A:
-            out.append(0x2F)
-        elif b < 0x21 or b > 0x7E or b == 0x25:
-            out.append(0x5F)
-        else:
-            out.append(b)
-    return out.decode("ascii")
+    return data.translate(_SAFE).decode("ascii")
 
 
 def next_retry(birth: float, now: float, chanskip: int) -> float:
@@ -152,6 +150,11 @@ class Sender:
         argv0: str = "qmail-send",
     ) -> None:
         self.layout = layout
+        self.qpath = queue_paths(layout)
+        # info/<id> as written by preprocessing: (records, mtime); saves
+        # reading it back for every pass and at the end of the message
+        self.infos: dict[int, tuple[bytes, float]] = {}
+        self.logbuf: list[str] = []
         self.spawn_out = [w for w, _r in spawn_fds]  # commands to spawners
         self.spawn_in = [r for _w, r in spawn_fds]  # results from spawners
         self.clean_out, self.clean_in = clean_fds
@@ -176,7 +179,17 @@ class Sender:
 
     # -- logging -------------------------------------------------------
     def log(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
+        """Queue a log line; :meth:`flush_log` writes them (the main loop
+        does before it waits, so nothing stays behind while idle)."""
+        self.logbuf.append(text)
+        if len(self.logbuf) >= 64:
+            self.flush_log()
+
+    def flush_log(self) -> None:
+        if not self.logbuf:
+            return
+        data = "".join(self.logbuf).encode("utf-8", "replace")
+        self.logbuf.clear()
         while data:
             try:
                 n = os.write(self.log_fd, data)
@@ -209,6 +222,7 @@ class Sender:
         self.sweep()
         for inode in self.layout.entries("info"):
             self.pqadd(inode)
+        self.flush_log()
 
     def sweep(self) -> None:
         """Remove messages left half-written or half-removed by a crash.
@@ -226,7 +240,7 @@ class Sender:
             fcntl.flock(fd, fcntl.LOCK_EX)
             lay = self.layout
             for inode in lay.entries("mess"):
-                if any(os.path.exists(lay.path(sub, inode)) for sub in ("todo", "info")):
+                if any(os.path.exists(self.qpath(sub, inode)) for sub in ("todo", "info")):
                     continue
                 self.log(f"warn: {self.argv0}: {self.queuedesc}: removing leftover mess/{inode}\n")
                 self.clean(f"foop/{inode}")
@@ -240,15 +254,15 @@ class Sender:
         self.free_slots[c] = [i for i in range(limit - 1, -1, -1) if i not in in_use]
 
     def pqadd(self, inode: int) -> None:
-        lay = self.layout
-        if not os.path.exists(lay.path("info", inode)):
+        qpath = self.qpath
+        if not os.path.exists(qpath("info", inode)):
             return
-        if os.path.exists(lay.path("todo", inode)):
+        if os.path.exists(qpath("todo", inode)):
             return  # crashed while preprocessing: the todo pass redoes it
         found = False
         for c in CHANNELS:
             try:
-                st = os.stat(lay.path(CHAN_FILE[c], inode))
+                st = os.stat(qpath(CHAN_FILE[c], inode))
             except FileNotFoundError:
                 continue
             heapq.heappush(self.pq[c], (st.st_mtime, inode))
@@ -294,8 +308,15 @@ class Sender:
                 f"<{safe_log_text(result.sender)}> qp {result.qp.decode(errors='replace')} "
                 f"uid {result.uid.decode(errors='replace')} {self.queuedesc}\n"
             )
-            if not self.clean(f"todo/{inode}"):
+        # one round trip to qmail-clean for the whole batch: requests are
+        # answered in order, one byte each
+        cleaned = self.clean_many([f"todo/{result.inode}" for result in done])
+        for result, ok in zip(done, cleaned, strict=True):
+            if not ok:
                 continue
+            inode = result.inode
+            if len(self.infos) < INFO_CACHE_MAX:
+                self.infos[inode] = (result.info, result.birth)
             now = time.time()
             if result.local:
                 heapq.heappush(self.pq[0], (now, inode))
@@ -305,29 +326,40 @@ class Sender:
                 heapq.heappush(self.pqdone, (now, inode))
 
     def clean(self, request: str) -> bool:
+        return self.clean_many([request])[0]
+
+    def clean_many(self, requests: list[str]) -> list[bool]:
+        """Send qmail-clean every request, then read its one-byte answers."""
+        if not requests:
+            return []
         try:
-            _write_all(self.clean_out, request.encode() + b"\0")
-            reply = _read_exact(self.clean_in, 1)
+            _write_all(self.clean_out, b"".join(r.encode() + b"\0" for r in requests))
+            replies = _read_exact(self.clean_in, len(requests))
         except OSError:
-            reply = None
-        if reply is None:
+            replies = None
+        if replies is None:
             raise SpawnerDied("qmail-clean died")
-        if reply != b"+":
-            self.log(
-                f"warn: {self.argv0}: {self.queuedesc}: qmail-clean unable to clean up {request}\n"
-            )
-            return False
-        return True
+        out = []
+        for request, reply in zip(requests, replies, strict=True):
+            if reply != 0x2B:  # '+'
+                self.log(
+                    f"warn: {self.argv0}: {self.queuedesc}: qmail-clean unable to clean up "
+                    f"{request}\n"
+                )
+            out.append(reply == 0x2B)
+        return out
 
     # -- passes and deliveries ------------------------------------------
     def read_info(self, inode: int) -> tuple[bytes, bytes, bytes, float] | None:
-        path = self.layout.path("info", inode)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-                birth = os.fstat(fh.fileno()).st_mtime
-        except OSError:
-            return None
+        cached = self.infos.get(inode)
+        if cached is not None:
+            data, birth = cached
+        else:
+            try:
+                data, st = read_small(self.qpath("info", inode))
+            except OSError:
+                return None
+            birth = st.st_mtime
         sender = qqeh = envh = b""
         for rec in data.split(b"\0"):
             if rec[:1] == b"F":
@@ -342,11 +374,10 @@ class Sender:
         if not self.pq[c] or self.pq[c][0][0] > now:
             return False
         _dt, inode = heapq.heappop(self.pq[c])
-        chanpath = self.layout.path(CHAN_FILE[c], inode)
+        chanpath = self.qpath(CHAN_FILE[c], inode)
         info = self.read_info(inode)
         try:
-            with open(chanpath, "rb") as fh:
-                data = fh.read()
+            data, _st = read_small(chanpath)
         except FileNotFoundError:
             return True  # already done (stale heap entry)
         except OSError:
@@ -491,7 +522,7 @@ class Sender:
         self.markdone(c, job.id, pos)
 
     def markdone(self, c: int, inode: int, pos: int) -> None:
-        path = self.layout.path(CHAN_FILE[c], inode)
+        path = self.qpath(CHAN_FILE[c], inode)
         while True:
             try:
                 fd = os.open(path, os.O_WRONLY)
@@ -519,6 +550,7 @@ class Sender:
                     f"alert: {self.argv0}: {self.queuedesc}: unable to append to bounce "
                     f"message; HELP! sleeping...\n"
                 )
+                self.flush_log()
                 time.sleep(10)
 
     def job_close(self, job: Job) -> None:
@@ -526,7 +558,7 @@ class Sender:
         if job.refs > 0:
             return
         if job.hit_eof and job.numtodo == 0:
-            path = self.layout.path(CHAN_FILE[job.channel], job.id)
+            path = self.qpath(CHAN_FILE[job.channel], job.id)
             try:
                 os.unlink(path)
             except OSError:
@@ -537,11 +569,11 @@ class Sender:
                 heapq.heappush(self.pq[job.channel], (time.time() + SLEEP_SYSFAIL, job.id))
                 return
             other = 1 - job.channel
-            if os.path.exists(self.layout.path(CHAN_FILE[other], job.id)):
+            if os.path.exists(self.qpath(CHAN_FILE[other], job.id)):
                 return  # the other channel is still going
             heapq.heappush(self.pqdone, (time.time(), job.id))
             return
-        path = self.layout.path(CHAN_FILE[job.channel], job.id)
+        path = self.qpath(CHAN_FILE[job.channel], job.id)
         try:
             os.utime(path, (job.retry, job.retry))
         except OSError:
@@ -550,11 +582,11 @@ class Sender:
 
     # -- done messages -----------------------------------------------------
     def messdone(self, inode: int) -> None:
-        lay = self.layout
+        qpath = self.qpath
         for c in CHANNELS:
-            if os.path.exists(lay.path(CHAN_FILE[c], inode)):
+            if os.path.exists(qpath(CHAN_FILE[c], inode)):
                 return
-        if os.path.exists(lay.path("todo", inode)):
+        if os.path.exists(qpath("todo", inode)):
             return
         info = self.read_info(inode)
         if info is None:
@@ -563,8 +595,9 @@ class Sender:
             heapq.heappush(self.pqdone, (time.time() + SLEEP_SYSFAIL, inode))
             return
         self.log(f"end msg {inode} {self.argv0}: {self.queuedesc}\n")
+        self.infos.pop(inode, None)
         try:
-            os.unlink(lay.path("info", inode))
+            os.unlink(qpath("info", inode))
         except FileNotFoundError:
             pass
         except OSError:
@@ -579,15 +612,15 @@ class Sender:
     def inject_bounce(self, inode: int, sender: bytes, birth: float) -> bool:
         from indimail.queue.submit import SubmitError, submit
 
-        path = self.layout.root / "bounce" / str(inode)
+        path = self.qpath("bounce", inode)
         try:
-            text = path.read_bytes()
+            text, _st = read_small(path)
         except FileNotFoundError:
             return True
         except OSError:
             self.log(f"warn: {self.argv0}: {self.queuedesc}: unable to stat {path}\n")
             return False
-        mess = self.layout.path("mess", inode)
+        mess = self.qpath("mess", inode)
         try:
             with open(mess, "rb") as fh:
                 message = fh.read(self.cfg.bounce.bouncemaxbytes + 1)
@@ -646,7 +679,7 @@ class Sender:
         for c in CHANNELS:
             for dt, inode in self.pq[c]:
                 try:
-                    os.utime(self.layout.path(CHAN_FILE[c], inode), (dt, dt))
+                    os.utime(self.qpath(CHAN_FILE[c], inode), (dt, dt))
                 except OSError:
                     pass
 
@@ -678,6 +711,7 @@ class Sender:
                 if self.exiting and not self.dels[0] and not self.dels[1]:
                     break
                 timeout = self._timeout(now)
+                self.flush_log()
                 for key, _ev in sel.select(timeout):
                     if key.data == "signal":
                         _drain(wake_r)
@@ -692,6 +726,7 @@ class Sender:
         finally:
             signal.set_wakeup_fd(old_wakeup)
             self.finish()
+            self.flush_log()
         return 0
 
     def _timeout(self, now: float) -> float:

@@ -17,6 +17,59 @@ from indimail.queue.layout import Layout
 from indimail.send.rewrite import LOCAL, Rewriter
 
 
+class QueuePaths:
+    """``Layout.path`` as plain strings, for the per-message hot paths.
+
+    The same names as ``str(layout.path(sub, inode))``, without building
+    pathlib objects (a visible share of qmail-send's CPU per message).
+    """
+
+    __slots__ = ("_split_subs", "root", "split")
+
+    def __init__(self, layout: Layout) -> None:
+        self.root = str(layout.root).rstrip("/") or ""
+        self.split = layout.split
+        self._split_subs = {
+            sub: layout.is_split(sub)
+            for sub in ("mess", "intd", "todo", "info", "local", "remote", "bounce", "pid")
+        }
+
+    def __call__(self, sub: str, inode: int) -> str:
+        if self._split_subs.get(sub):
+            return f"{self.root}/{sub}/{inode % self.split}/{inode}"
+        return f"{self.root}/{sub}/{inode}"
+
+
+_PATHS: dict[Layout, QueuePaths] = {}
+
+
+def queue_paths(layout: Layout) -> QueuePaths:
+    """The (cached) :class:`QueuePaths` of ``layout``."""
+    qp = _PATHS.get(layout)
+    if qp is None:
+        qp = _PATHS[layout] = QueuePaths(layout)
+    return qp
+
+
+def read_small(path: str) -> tuple[bytes, os.stat_result]:
+    """Contents and fstat of a small queue file, with plain system calls
+    (open, fstat, read, close: no buffered-file machinery)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        chunks = []
+        want = max(st.st_size, 0) + 1
+        while True:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want = 65536
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
 class TodoError(Exception):
     """Trouble with one todo entry; the message stays in todo for later."""
 
@@ -32,6 +85,8 @@ class Preprocessed:
     size: int
     local: list[bytes]
     remote: list[bytes]
+    info: bytes = b""  # the info file's records
+    birth: float = 0.0  # the info file's mtime
 
 
 def parse_queue_envelope(data: bytes) -> tuple[dict[str, bytes], list[bytes]]:
@@ -53,9 +108,12 @@ def parse_queue_envelope(data: bytes) -> tuple[dict[str, bytes], list[bytes]]:
     return single, rcpts
 
 
-def _write_new(path: Path, data: bytes, excl: bool, unsynced: list[int] | None) -> None:
+def _write_new(
+    path: str | Path, data: bytes, excl: bool, unsynced: list[int] | None
+) -> os.stat_result:
     """Write ``path``; fsync now, or leave the fd in ``unsynced`` for the
-    caller to fsync with a whole batch (one journal commit for many)."""
+    caller to fsync with a whole batch (one journal commit for many).
+    Returns the file's fstat after the write."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if excl else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
     try:
@@ -65,6 +123,7 @@ def _write_new(path: Path, data: bytes, excl: bool, unsynced: list[int] | None) 
             view = view[n:]
         if unsynced is None:
             os.fsync(fd)
+        st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
@@ -72,6 +131,7 @@ def _write_new(path: Path, data: bytes, excl: bool, unsynced: list[int] | None) 
         os.close(fd)
     else:
         unsynced.append(fd)
+    return st
 
 
 def sync_all(fds: list[int]) -> None:
@@ -90,7 +150,7 @@ def sync_all(fds: list[int]) -> None:
         raise TodoError(f"trouble syncing preprocessed files: {error.strerror}")
 
 
-def _unlink_quiet(path: Path) -> None:
+def _unlink_quiet(path: str | Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -106,22 +166,22 @@ def preprocess(
     caller must :func:`sync_all` them before it asks qmail-clean to remove
     intd and todo.
     """
-    todo = layout.path("todo", inode)
+    qpath = queue_paths(layout)
+    todo = qpath("todo", inode)
     try:
-        with open(todo, "rb") as fh:
-            data = fh.read()
+        data, _st = read_small(todo)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise TodoError(f"trouble reading {todo}: {exc.strerror}") from None
     try:
-        size = os.stat(layout.path("mess", inode)).st_size
+        size = os.stat(qpath("mess", inode)).st_size
     except FileNotFoundError:
         raise TodoError(f"no message file for {todo}") from None
     single, rcpts = parse_queue_envelope(data)
-    info = layout.path("info", inode)
-    local = layout.path("local", inode)
-    remote = layout.path("remote", inode)
+    info = qpath("info", inode)
+    local = qpath("local", inode)
+    remote = qpath("remote", inode)
     for stale in (info, local, remote):
         _unlink_quiet(stale)
     info_data = b"F" + single["F"] + b"\0"
@@ -134,7 +194,7 @@ def preprocess(
         chan, addr = rewriter.classify(rcpt)
         chans[chan].append(addr)
     try:
-        _write_new(info, info_data, True, unsynced)
+        info_st = _write_new(info, info_data, True, unsynced)
         for chan, path in ((LOCAL, local), ("R", remote)):
             if chans[chan]:
                 _write_new(path, b"".join(b"T" + a + b"\0" for a in chans[chan]), True, unsynced)
@@ -148,4 +208,6 @@ def preprocess(
         size=size,
         local=chans["L"],
         remote=chans["R"],
+        info=info_data,
+        birth=info_st.st_mtime,
     )

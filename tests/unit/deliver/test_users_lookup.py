@@ -215,3 +215,29 @@ def test_getpw_command(instance) -> None:
     fields = res.stdout.split(b"\0")
     assert fields[0] == me.pw_name.encode()
     assert fields[4:] == [b"-", b"no-such-user-xyz", b""]
+
+
+def test_cdb_cache_matches_find_user_and_sees_rebuilds(tmp_path) -> None:
+    """The spawner's cache answers as lookup_cdb, and a qmail-newu rebuild
+    (a new file renamed into place) is seen by the next lookup."""
+    p = _paths_for(tmp_path)
+    cache = users.CdbCache(p.assigndir / "cdb")
+    for local in ("joe", "JOE", "Joe-Special", "joe-Foo-bar", "list=x", "postmaster", "joex"):
+        assert cache.lookup(local) == users.lookup_cdb(local, p.assigndir / "cdb")
+        assert cache.lookup(local) == find_user(local, p)  # the second answer is cached
+    (tmp_path / "users" / "assign").write_text("=joe:other:1:1:/o:::\n.\n")
+    qmail_newu.build(tmp_path / "users")
+    assert cache.lookup("joe") == UserEntry("other", 1, 1, "/o", "", "")
+    assert cache.lookup("postmaster") is None  # no entry: the password database decides
+
+
+def test_cdb_cache_missing_and_broken(tmp_path) -> None:
+    p = _paths_for(tmp_path)
+    cache = users.CdbCache(p.assigndir / "cdb")
+    (tmp_path / "users" / "cdb").unlink()
+    assert cache.lookup("joe") is None  # as lookup_cdb: no cdb, no entry
+    (tmp_path / "users" / "cdb").write_bytes(b"garbage")
+    # a broken file is left to the delivery, which reports QLX_CDB
+    assert cache.lookup("joe") is users.CdbCache.UNKNOWN
+    with pytest.raises(users.UserLookupError):
+        find_user("joe", p)

@@ -171,3 +171,22 @@ def test_qmail_clean_requests(tmp_path):
     assert handle(lay, b"foop/1x") == b"x"
     assert handle(lay, b"foo") == b"x"
     os.chmod(tmp_path, 0o755)
+
+
+def test_safe_log_text_every_byte():
+    """The translation table agrees with the original's rule for all bytes."""
+    for b in range(256):
+        want = "/" if b == 0x0A else "_" if b < 0x21 or b > 0x7E or b == 0x25 else chr(b)
+        assert safe_log_text(bytes([b])) == want
+
+
+@pytest.mark.parametrize("bigtodo", [0, 1])
+def test_queue_paths_match_layout(tmp_path, bigtodo):
+    from indimail.queue.layout import Layout
+    from indimail.send.todo import queue_paths
+
+    lay = Layout(tmp_path / "queue1", split=23, bigtodo=bigtodo)
+    qpath = queue_paths(lay)
+    for sub in ("mess", "intd", "todo", "info", "local", "remote", "bounce", "pid"):
+        for inode in (1, 22, 23, 123456789):
+            assert qpath(sub, inode) == str(lay.path(sub, inode))
