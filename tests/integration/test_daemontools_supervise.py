@@ -206,6 +206,8 @@ def test_standalone_supervise_hooks(tmp_path: Path, sleepers):
     try:
         pid = wait_for(lambda: status(d)[1])
         assert pid
+        # the run script must have written its line before it is killed
+        assert wait_for(lambda: out.exists() and "run one auto startup" in out.read_text())
         os.kill(pid, signal.SIGTERM)
         pid2 = wait_pid_change(d, pid)
         assert pid2

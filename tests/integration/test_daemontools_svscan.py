@@ -323,7 +323,9 @@ def test_standalone_supervise_and_forked_logger(tmp_path: Path):
     try:
         assert wait_for(lambda: status(d)[0] and status(d / "log")[0])
         logpid = status(d / "log")[1]
-        assert Path(f"/proc/{logpid}/comm").read_text().strip() == "multilog"
+        comm = Path(f"/proc/{logpid}/comm")
+        # the forked logger names itself right after the fork
+        assert wait_for(lambda: comm.read_text().strip() == "multilog"), comm.read_text()
         busy = subprocess.run(
             [str(INDIMAIL), "supervise", "svc"],
             cwd=tmp_path,
