@@ -78,6 +78,20 @@ def _fork(fn, keep: tuple[int, ...], fd0: int, fd1: int) -> int:
     return 0  # not reached
 
 
+def _warm() -> None:
+    """Import what every queue's processes run, then freeze the collector's
+    view of it, before forking: the pages stay shared between qscheduler,
+    its qmail-sends and their spawners instead of one copy per process (the
+    collector would otherwise write into every object it scans)."""
+    import gc
+
+    from indimail.deliver import qmail_local, qmail_remote, users  # noqa: F401
+    from indimail.send import qmail_clean, qmail_send, spawn  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 def start_queue(
     p: _paths.Paths, queuedir: Path, defaultdelivery: str, logger: list[str], qident: str | None
 ) -> int:
@@ -115,6 +129,7 @@ def start_queue(
         _become(p, "qmailq")
         return qmail_clean.serve(layout)
 
+    _warm()
     _fork(lspawn, all_fds, pipes["l_in"][0], pipes["l_out"][1])
     _fork(rspawn, all_fds, pipes["r_in"][0], pipes["r_out"][1])
     _fork(clean, all_fds, pipes["c_in"][0], pipes["c_out"][1])
@@ -185,6 +200,7 @@ def scheduler_main(argv: list[str]) -> int:
     for q in queues.values():
         if not (q / "lock" / "sendmutex").exists():
             raise Fatal(111, f"{q} is not a queue (no lock/sendmutex): run queue-fix")
+    _warm()
     children: dict[int, str] = {}
     pending: list[int] = []
     wake_r, wake_w = os.pipe()

@@ -558,6 +558,12 @@ class Server:
                 import dns.reversename  # noqa: F401  (warm)
             except Exception:
                 self.resolver = None
+        # what is imported now stays shared with every child: the collector
+        # must not write into those objects' pages in the parent or a child
+        import gc
+
+        gc.collect()
+        gc.freeze()
 
     # signals
     def _on_signal(self, signum: int, frame: object) -> None:
