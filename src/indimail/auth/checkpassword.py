@@ -16,6 +16,8 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 
+from indimail.core.fdpass import payload_pipe
+
 AUTH_LOGIN = 1
 AUTH_PLAIN = 2
 AUTH_CRAM_MD5 = 3
@@ -75,15 +77,7 @@ def run(
 ) -> tuple[int, bytes]:
     """Run the chain; return (exit code, what it wrote on stdout, bounded)."""
     payload = user + b"\0" + secret + b"\0" + response + b"\0" + bytes([method]) + b"\0"
-    r, w = os.pipe()
-    try:
-        os.write(w, payload)  # small: fits the pipe, written before the child runs
-    finally:
-        os.close(w)
-    if r == 3:  # dup2(3, 3) would keep close-on-exec
-        r2 = os.dup(r)
-        os.close(r)
-        r = r2
+    r = payload_pipe(payload)
     out = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     null = os.open(os.devnull, os.O_RDONLY)
     try:

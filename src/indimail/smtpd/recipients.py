@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indimail.core import cdb, control
+from indimail.core.fdpass import payload_pipe
 
 NOT_FOUND = 0
 FOUND_CDB = 1
@@ -184,15 +185,7 @@ class Recipients:
         if "/" in argv[0] and not argv[0].startswith("/"):
             argv[0] = str(self.sysconfdir / argv[0])
         payload = address + b"\0\0\0"
-        r, w = os.pipe()
-        try:
-            os.write(w, payload)  # small: fits the pipe before the child runs
-        finally:
-            os.close(w)
-        if r == 3:  # dup2(3, 3) would keep close-on-exec
-            r2 = os.dup(r)
-            os.close(r)
-            r = r2
+        r = payload_pipe(payload)
         null = os.open(os.devnull, os.O_RDWR)
         try:
             actions = [
