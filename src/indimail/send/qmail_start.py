@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from indimail.core import paths as _paths
-from indimail.core.errors import Fatal, UsageError
+from indimail.core.errors import Fatal, UsageError, exit_child
 from indimail.queue.layout import Layout
 
 ERROR_INTERVAL = 5
@@ -69,13 +69,7 @@ def _fork(fn, keep: tuple[int, ...], fd0: int, fd1: int) -> int:
     except BaseException as exc:  # a child never returns into the parent's code
         sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os._exit(code)
-    return 0  # not reached
+        exit_child(code)
 
 
 def _warm() -> None:
@@ -229,12 +223,7 @@ def scheduler_main(argv: list[str]) -> int:
                     f"qscheduler: queue{ident}: internal error: {type(exc).__name__}: {exc}\n"
                 )
             finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                except Exception:
-                    pass
-                os._exit(code)
+                exit_child(code)
         children[pid] = ident
 
     for ident in queues:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indimail.core import paths as _paths
+from indimail.core.errors import exit_child
 from indimail.queue.layout import Layout
 
 SPAWN = 500  # conf-spawn: the most deliveries at once
@@ -261,12 +262,7 @@ class Spawner:
                     pass
                 code = 111
             finally:
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except Exception:
-                        pass
-                os._exit(code)
+                exit_child(code)
         os.close(w)
         os.close(messfd)
         os.set_blocking(r, False)

@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from indimail.core.errors import EXIT_TEMP, Fatal, UsageError
+from indimail.core.errors import EXIT_TEMP, Fatal, UsageError, exit_child
 from indimail.ucspi import addr, context, inproc
 
 DROP = "tcpserver: warning: dropping connection, "
@@ -703,12 +703,7 @@ class Server:
                 self.warn(f"{DROP}internal error: {type(exc).__name__}: {exc}")
                 code = EXIT_TEMP
             finally:
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except Exception:
-                        pass
-                os._exit(code)
+                exit_child(code)
         self.children[pid] = ip16
         conn.close()
 
