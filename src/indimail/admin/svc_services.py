@@ -302,32 +302,21 @@ def smtp_service(w: Writer, o: Options, port: int) -> Path:
         **_queue_vars(o),
         **_sync_vars(o),
     }
-    if o.ssl:
-        variables["SMTPS"] = ""
-        variables["CERTDIR"] = str(p.certdir)
-    if o.starttls:
-        variables["STARTTLS"] = ""
-        variables["CERTDIR"] = str(p.certdir)
-    if o.forcetls:
-        variables["FORCE_TLS"] = ""
-    if o.chkrecipient:
-        variables["CHECKRECIPIENT"] = "1"
-    if o.masquerade:
-        variables["MASQUERADE"] = ""
-    if o.antispoof:
-        variables["ANTISPOOFING"] = ""
-    if o.secureauth:
-        variables["SECURE_AUTH"] = "1"
-    if o.forceauthsmtp:
-        variables["REQUIREAUTH"] = ""
-        if o.chkrelay:
-            variables["CHECKRELAY"] = ""
-    elif o.chkrelay:
-        variables["CHECKRELAY"] = ""
-    if o.odmr:
-        variables["ODMR"] = ""
-    if o.utf8:
-        variables["UTF8"] = ""
+    switches = (
+        (o.ssl, "SMTPS", ""),
+        (o.starttls, "STARTTLS", ""),
+        (o.ssl or o.starttls, "CERTDIR", str(p.certdir)),
+        (o.forcetls, "FORCE_TLS", ""),
+        (o.chkrecipient, "CHECKRECIPIENT", "1"),
+        (o.masquerade, "MASQUERADE", ""),
+        (o.antispoof, "ANTISPOOFING", ""),
+        (o.secureauth, "SECURE_AUTH", "1"),
+        (o.forceauthsmtp, "REQUIREAUTH", ""),
+        (o.chkrelay, "CHECKRELAY", ""),
+        (o.odmr, "ODMR", ""),
+        (o.utf8, "UTF8", ""),
+    )
+    variables.update({name: value for on, name, value in switches if on})
     variables.update(o.extra)
 
     smtpd = bin_path(p, "qmail-smtpd")
