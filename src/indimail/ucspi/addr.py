@@ -21,6 +21,7 @@ original produces, because rule keys and log lines depend on them:
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 V4MAPPED = b"\0" * 10 + b"\xff\xff"
 _IP4_LETTERS = b"abcdefghijklmnopqrstuvwxyz123456"
@@ -129,3 +130,14 @@ def reverse_name(ip_text: str, proto: str = "") -> str | None:
     if is_v4mapped(ip16):
         return "".join(f"{b}." for b in reversed(ip16[12:]))
     return "".join(f"{c}." for c in reversed(ip16.hex()))
+
+
+def port_number(text: str) -> int | None:
+    """A TCP port given as digits or as a service name (``smtp``); None
+    when /etc/services does not know the name."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return socket.getservbyname(text, "tcp")
+    except OSError:
+        return None

@@ -177,13 +177,9 @@ def main(argv: list[str]) -> int:
     if len(rest) < 2:
         raise UsageError(USAGE)
     host, port_text, prog = rest[0], rest[1], rest[2:]
-    if port_text.isdigit():
-        port = int(port_text)
-    else:
-        try:
-            port = socket.getservbyname(port_text, "tcp")
-        except OSError:
-            raise Fatal(EXIT_TEMP, f"unable to figure out port number for {port_text}") from None
+    port = addr.port_number(port_text)
+    if port is None:
+        raise Fatal(EXIT_TEMP, f"unable to figure out port number for {port_text}")
     if host in ("", "0"):
         host = "127.0.0.1"
     sock = connect(host, port, timeouts, localip, localport, only4)

@@ -433,15 +433,9 @@ class Server:
             self.sock = s
             return
         port_text = self.port_text or ""
-        if port_text.isdigit():
-            port = int(port_text)
-        else:
-            try:
-                port = socket.getservbyname(port_text, "tcp")
-            except OSError:
-                raise Fatal(
-                    EXIT_TEMP, f"fatal: unable to figure out port number for {port_text}"
-                ) from None
+        port = addr.port_number(port_text)
+        if port is None:
+            raise Fatal(EXIT_TEMP, f"fatal: unable to figure out port number for {port_text}")
         host = self.host or "0"
         if host in ("0", "::"):
             if o.noipv6 and host == "0":
