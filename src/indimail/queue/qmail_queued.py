@@ -35,13 +35,12 @@ from typing import BinaryIO
 from indimail.core import paths as _paths
 from indimail.queue import codes
 from indimail.queue.layout import Layout
-from indimail.queue.qmail_multi import check_min_free
+from indimail.queue.qmail_multi import check_min_free, choose_queue
 from indimail.queue.qmail_queue import (
     QueueError,
     enqueue,
     envelope_bytes,
     parse_envelope,
-    received_line,
 )
 
 # Variables of the caller that qmail-queue would have read from its env.
@@ -268,16 +267,16 @@ def handle(conn: socket.socket, allowed: list[Path], environ: Mapping[str, str])
         pid, uid = peer_credentials(conn)
         session = _Session(conn)
         client = _client_env(session.netstring(ENV_LIMIT))
-        queuedir = Path(client.pop("QUEUEDIR", "") or str(allowed[0]))
-        if queuedir not in allowed:
-            raise QueueError(codes.CHDIR, f"{queuedir} is not one of this system's queues")
         env = dict(environ)
         for k in CLIENT_ENV:
             env.pop(k, None)
+        p = _paths.get()
+        queuedir = Path(client.pop("QUEUEDIR", "") or choose_queue(env, p))
+        if queuedir not in allowed:
+            raise QueueError(codes.CHDIR, f"{queuedir} is not one of this system's queues")
         env.update(client)
         check_min_free(queuedir, env)
         n = session.length(sys.maxsize)
-        p = _paths.get()
         layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
 
         def envelope():  # type: ignore[no-untyped-def]
@@ -292,7 +291,6 @@ def handle(conn: socket.socket, allowed: list[Path], environ: Mapping[str, str])
             pid=pid,
             uid=uid,
             environ=env,
-            received=received_line(pid, uid, env),
         )
         reply = b"0 %d %s\n" % (inode, os.fsencode(queuedir))
     except QueueError as exc:

@@ -199,3 +199,14 @@ def test_no_daemon_is_a_temporary_error(door):
     assert code == "60"
     assert text.startswith("Zqq trouble creating pipes/sockets")
     assert str(sock) in reason and "qmail-queued" in reason
+
+
+def test_client_without_queuedir_gets_one_of_the_queues(door):
+    p, _env, sock, _server = door
+    msg = b"Subject: raw\n\nno queue named\n"
+    env = b"Fa@example.test\0Tb@example.org\0\0"
+    reply = raw_session(sock, b"0:,%d:%s,%d:%s," % (len(msg), msg, len(env), env))
+    code, inode, queuedir = reply.rstrip(b"\n").split(b" ", 2)
+    assert code == b"0" and inode.isdigit(), reply
+    assert Path(os.fsdecode(queuedir)) in p.queue_dirs()
+    assert (Path(os.fsdecode(queuedir)) / "todo" / inode.decode()).is_file()
