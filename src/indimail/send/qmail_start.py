@@ -123,7 +123,6 @@ def start_queue(
         _become(p, "qmailq")
         return qmail_clean.serve(layout)
 
-    _warm()
     _fork(lspawn, all_fds, pipes["l_in"][0], pipes["l_out"][1])
     _fork(rspawn, all_fds, pipes["r_in"][0], pipes["r_out"][1])
     _fork(clean, all_fds, pipes["c_in"][0], pipes["c_out"][1])
@@ -180,6 +179,7 @@ def main(argv: list[str]) -> int:
     p = _paths.get()
     default, logger = _args(argv)
     queuedir = Path(os.environ.get("QUEUEDIR") or p.queue_dirs()[0])
+    _warm()  # qscheduler did this once for all its queues
     return start_queue(p, queuedir, default, logger, os.environ.get("QIDENT"))
 
 
