@@ -27,6 +27,7 @@ import sys
 import time
 
 from indimail.core.errors import EXIT_PERM, EXIT_TEMP, Fatal, UsageError
+from indimail.core.spool import Spool
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
@@ -558,41 +559,21 @@ class _Sink:
             raise Fatal(EXIT_TEMP, f"unable to write message: {exc.strerror}") from None
 
 
-class _Spool:
-    """The message on its way to the queue: in memory up to SPOOL_IN_MEMORY
-    bytes, then in an unnamed temporary file (tempfile is imported only then)."""
+class _Spool(Spool):
+    """The message on its way to the queue, with qmail-inject's messages for
+    temporary-file trouble."""
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.file: BinaryIO | None = None
-
-    def write(self, data: bytes) -> None:
-        if self.file is None:
-            self.buf += data
-            if len(self.buf) <= SPOOL_IN_MEMORY:
-                return
-            import tempfile
-
-            try:
-                self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-            except OSError as exc:
-                raise Fatal(EXIT_TEMP, f"unable to create temporary file: {exc.strerror}") from None
-            data, self.buf = bytes(self.buf), bytearray()
-        self.file.write(data)
-
-    def contents(self) -> bytes | BinaryIO:
-        """The message: bytes, or the temporary file positioned at its start."""
-        if self.file is None:
-            return bytes(self.buf)
+    def _new_file(self) -> BinaryIO:
         try:
-            self.file.seek(0)
+            return super()._new_file()
+        except OSError as exc:
+            raise Fatal(EXIT_TEMP, f"unable to create temporary file: {exc.strerror}") from None
+
+    def message(self) -> bytes | BinaryIO:
+        try:
+            return super().message()
         except OSError as exc:
             raise Fatal(EXIT_TEMP, f"unable to read temporary file: {exc.strerror}") from None
-        return self.file
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 class _Inject:
@@ -1025,7 +1006,7 @@ class _Inject:
                 raise Fatal(EXIT_TEMP, f"unable to write output: {exc.strerror}") from None
             return 0
 
-        spool = _Spool()
+        spool = _Spool(SPOOL_IN_MEMORY)
         try:
             sink = _Sink(spool, self.databytes)  # type: ignore[arg-type]
             self.message(stdin, sink)
@@ -1040,7 +1021,7 @@ class _Inject:
                     "no recipients: none given as arguments"
                     + ("" if strategy == "args" else " and none found in the header"),
                 )
-            return self.queue(spool.contents(), recipients)
+            return self.queue(spool.message(), recipients)
         finally:
             spool.close()
 

@@ -29,10 +29,11 @@ from indimail import __version__
 from indimail.core import control
 from indimail.core import paths as _paths
 from indimail.core.dates import date822fmt
+from indimail.core.spool import Spool
 from indimail.smtpd import smtpd_io
 from indimail.smtpd.recipients import Recipients, RecipientsTrouble
 from indimail.smtpd.smtpd_checks import AddressList, ControlTrouble, RcptHosts, relayclient_for
-from indimail.smtpd.smtpd_data import BareLF, DataSink, Spool
+from indimail.smtpd.smtpd_data import SPOOL_MEMORY, BareLF, DataSink
 
 # tcpserver -n/-s may hand us its TLS session in-process (ucspi.context)
 UCSPI_TLS_AWARE = True
@@ -920,7 +921,7 @@ class Session:
         if self.flagsize:
             self.err_size(mf)
             return
-        with Spool() as spool:
+        with Spool(SPOOL_MEMORY) as spool:
             spool.write(self.received())
             sink = DataSink(spool, self.databytes, self.allow_barelf)
             self.reply("354 go ahead")

@@ -23,50 +23,6 @@ PARTIAL = 65536
 SPOOL_MEMORY = 256 * 1024
 
 
-class Spool:
-    """Where DATA waits until it is queued: memory up to ``limit`` bytes,
-    beyond that an unlinked temporary file (never synced: the queue makes
-    the message durable)."""
-
-    def __init__(self, limit: int = SPOOL_MEMORY) -> None:
-        self.limit = limit
-        self.buf = bytearray()
-        self.file: BinaryIO | None = None
-
-    def write(self, data: bytes) -> int:
-        if self.file is None:
-            if len(self.buf) + len(data) <= self.limit:
-                self.buf += data
-                return len(data)
-            import tempfile
-
-            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-            self.file.write(self.buf)
-            self.buf = bytearray()
-        self.file.write(data)
-        return len(data)
-
-    def message(self) -> bytes | BinaryIO:
-        """Everything written: bytes, or the file positioned at its start."""
-        if self.file is None:
-            return bytes(self.buf)
-        self.file.flush()
-        self.file.seek(0)
-        return self.file
-
-    def close(self) -> None:
-        self.buf = bytearray()
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class BareLF(Exception):
     """A LF not preceded by CR arrived in DATA."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indimail.smtpd.smtpd_data import Spool
+from indimail.core.spool import Spool
 from indimail.ucspi.tcpserver import _peer_ip16
 
 
