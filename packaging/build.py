@@ -39,31 +39,16 @@ from indimail.admin import svc_boot  # noqa: E402
 from indimail.core import paths as _paths  # noqa: E402
 
 NAME = "indimail-mta"
-LINUX_PATHS = {
-    "PREFIX": "/usr",
-    "BINDIR": "/usr/bin",
-    "SBINDIR": "/usr/bin",
-    "QMAILHOME": "/var/indimail",
-    "SYSCONFDIR": "/etc/indimail",
-    "SHAREDDIR": "/usr/share/indimail",
-    "LIBEXECDIR": "/usr/libexec/indimail",
-    "SERVICEDIR": "/service",
-    "LOGDIR": "/var/log/svc",
-    "RUNDIR": "/run",
-}
-BSD_PATHS = {
-    "PREFIX": "/usr/local",
-    "BINDIR": "/usr/local/bin",
-    "SBINDIR": "/usr/local/bin",
-    "QMAILHOME": "/var/indimail",
-    "SYSCONFDIR": "/usr/local/etc/indimail",
-    "SHAREDDIR": "/usr/local/share/indimail",
-    "LIBEXECDIR": "/usr/local/libexec/indimail",
-    "SERVICEDIR": "/usr/local/etc/indimail/sv",
-    "LOGDIR": "/var/log/svc",
-    "RUNDIR": "/var/run",
-}
-PLATFORM_PATHS = {"linux": LINUX_PATHS, "freebsd": BSD_PATHS, "darwin": BSD_PATHS}
+
+
+def _fhs(platform: str) -> dict[str, str]:
+    """The paths module's defaults for ``platform``, with every command in
+    PREFIX/bin (they are all symlinks to the one binary)."""
+    values = _paths.platform_defaults(platform)
+    return {**values, "BINDIR": f"{values['PREFIX']}/bin", "SBINDIR": f"{values['PREFIX']}/bin"}
+
+
+PLATFORM_PATHS = {platform: _fhs(platform) for platform in ("linux", "freebsd", "darwin")}
 # Names left to update-alternatives / mailwrapper rather than shipped in bin/.
 ALT_ONLY = ("mailq",)
 
