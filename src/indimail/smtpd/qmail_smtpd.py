@@ -37,6 +37,9 @@ from indimail.smtpd.smtpd_data import SPOOL_MEMORY, BareLF, DataSink
 
 # tcpserver -n/-s may hand us its TLS session in-process (ucspi.context)
 UCSPI_TLS_AWARE = True
+# one tcpserver worker may run main() for many connections in turn
+# (ucspi/pool.py): no state outside what the pool resets survives a session
+UCSPI_POOL = True
 # imported by tcpserver's listening process before the first accept
 UCSPI_WARM = (
     "indimail.queue.submit",

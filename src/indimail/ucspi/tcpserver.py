@@ -14,6 +14,11 @@ up the environment (``PROTO``, ``TCPLOCALIP`` ...), follows the rules of
   :mod:`indimail.ucspi.context`.
 * any other program: ``execvp``, as the original.
 
+When the in-process command declares ``UCSPI_POOL = True`` (qmail-smtpd),
+connections go to pre-forked workers that serve one after another instead
+of a fork each (:mod:`indimail.ucspi.pool`; ``TCPSERVER_POOL=0`` turns it
+off).  The listener still does the accounting and logging described here.
+
 With TLS (``-n``/``-s``) the child does the handshake (bounded by ``-S``)
 and either hands the TLS socket to an in-process command that declares
 ``UCSPI_TLS_AWARE = True`` or relays plain bytes to the program through a
@@ -40,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 
 from indimail.core.errors import EXIT_TEMP, Fatal, UsageError, exit_child
-from indimail.ucspi import addr, context, inproc
+from indimail.ucspi import addr, context, inproc, pool
 
 DROP = "tcpserver: warning: dropping connection, "
 OPTSTRING = "dDe:vqQhHrR1UXx:m:t:T:u:g:l:b:B:c:C:pPoO46I:sNn:a:f:M:i:L:S:z"
@@ -387,6 +392,9 @@ class Server:
         self.ours_tls_aware = False
         self.localport = 0
         self.pending: set[int] = set()
+        self.pool: pool.Pool | None = None
+        self.pool_settings = pool.Settings({})
+        self.pool_wanted = False
 
     # logging
     def warn(self, text: str) -> None:
@@ -540,8 +548,11 @@ class Server:
             try:
                 mod = inproc.command_module(self.ours)
                 self.ours_tls_aware = bool(getattr(mod, "UCSPI_TLS_AWARE", False))
+                poolable = bool(getattr(mod, "UCSPI_POOL", False))
             except Exception:
-                self.ours_tls_aware = False
+                self.ours_tls_aware = poolable = False
+            relayed = o.ssl and not self.ours_tls_aware  # needs a relay fork anyway
+            self.pool_wanted = poolable and not relayed and hasattr(socket, "send_fds")
         if not self.unix_path and (o.remotehost or o.localhost is None):
             try:
                 from indimail.deliver import dns as rdns
@@ -587,7 +598,7 @@ class Server:
                     self.warn(f"tcpserver: {slot}: IP {self.ip_text(ip16)}: PID {pid}")
 
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.pool is not None:  # retired workers too
             try:
                 pid, wstat = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -596,6 +607,10 @@ class Server:
                 continue
             if pid == 0:
                 return
+            if self.pool is not None:
+                self.pool.forget(pid)
+            if pid not in self.children:  # a pool worker that retired idle
+                continue
             if self.o.verbosity >= 2:
                 if os.WIFSIGNALED(wstat):
                     self.warn(f"tcpserver: end {pid} killed by signal {os.WTERMSIG(wstat)}")
@@ -627,6 +642,10 @@ class Server:
         self.sock.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(rfd, selectors.EVENT_READ)
+        if self.pool_wanted:
+            self.pool_settings = pool.Settings(os.environ)
+            if self.pool_settings.enabled:
+                self.pool = pool.Pool(self.pool_settings, sel)
         listening = False
         self.status("startup", os.getpid())
         while True:
@@ -639,13 +658,20 @@ class Server:
             elif not want and listening:
                 sel.unregister(self.sock)
                 listening = False
-            for key, _ in sel.select(timeout=5.0):
+            timeout = 5.0
+            if self.pool is not None:
+                now = time.monotonic()
+                self.pool.expire(now)
+                timeout = min(timeout, self.pool.next_expiry(now) or timeout)
+            for key, _ in sel.select(timeout=timeout):
                 if key.fd == rfd:
                     try:
                         while os.read(rfd, 512):
                             pass
                     except (BlockingIOError, InterruptedError):
                         pass
+                elif isinstance(key.data, pool.Worker):
+                    self.worker_done(key.data)
                 else:
                     self.accept_some()
 
@@ -677,6 +703,8 @@ class Server:
             self.warn(f"tcpserver: end {self.ip_text(ip16)} perIPlimit {ipcount}")
             conn.close()
             return
+        if self.pool is not None and self.to_worker(conn, ip16, rport, ipcount):
+            return
         try:
             pid = os.fork()
         except OSError as exc:
@@ -700,6 +728,69 @@ class Server:
                 exit_child(code)
         self.children[pid] = ip16
         conn.close()
+
+    # the worker pool (ucspi/pool.py)
+    def to_worker(self, conn: socket.socket, ip16: bytes, rport: int, ipcount: int) -> bool:
+        """Hand the connection to a pooled worker; False: fork as usual."""
+        assert self.pool is not None
+        header = pool.HEADER.pack(ip16, rport, ipcount, len(self.children) + 1)
+        for _ in range(2):  # an idle worker may have just exited: one more try
+            w = self.pool.take_idle() or self.pool.spawn(self.worker_main, conn)
+            if w is None:
+                return False
+            if self.pool.dispatch(w, conn, header):
+                self.children[w.pid] = ip16
+                conn.close()
+                return True
+        return False
+
+    def worker_done(self, w: pool.Worker) -> None:
+        assert self.pool is not None
+        got = self.pool.finished(w)
+        if got is None:
+            return  # it exited: reap() reports the session it was serving
+        code = got[0]
+        if self.o.verbosity >= 2 and code:
+            self.warn(f"tcpserver: end {w.pid} status {code}")
+        self.children.pop(w.pid, None)
+        self.status("sigchild", w.pid)
+
+    def worker_main(self, chan: socket.socket) -> None:
+        """A pooled worker: serve connections until EOF, retirement or doubt."""
+        code = EXIT_TEMP
+        try:
+            Child.reset_parent_state_of(self, None)
+            base = pool.Baseline(self.pool_settings.maxmem_kb)
+            while True:
+                got = pool.receive(chan)
+                if got is None:
+                    break
+                header, conn = got
+                ip16, rport, ipcount, active = pool.HEADER.unpack(header)
+                self.children = dict.fromkeys(range(-2, -1 - active, -1), b"")
+                stays = True
+                try:
+                    code = Child(self, conn, ip16, rport, ipcount).run(pooled=True)
+                except Fatal as exc:
+                    self.warn(f"{DROP}{exc.message}")
+                    code = exc.code
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else EXIT_TEMP
+                except BaseException as exc:
+                    self.warn(f"{DROP}internal error: {type(exc).__name__}: {exc}")
+                    code, stays = EXIT_TEMP, False
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+                del conn
+                stays = base.restore() and stays
+                pool.answer(chan, code, stays)
+                if not stays:
+                    break
+        except BaseException as exc:
+            self.warn(f"tcpserver: warning: pool worker: {type(exc).__name__}: {exc}")
+        exit_child(0)
 
 
 class Child:
@@ -726,8 +817,9 @@ class Child:
         else:
             os.environ[name] = value
 
-    def reset_parent_state(self) -> None:
-        s = self.s
+    @staticmethod
+    def reset_parent_state_of(s: Server, conn: socket.socket | None) -> None:
+        """Drop what belongs to the listener (after the fork of a child or worker)."""
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
@@ -735,7 +827,8 @@ class Child:
             os.close(fd)
         if s.sock is not None:
             s.sock.close()
-        self.conn.setblocking(True)
+        if conn is not None:
+            conn.setblocking(True)
 
     def ptr(self, ip16: bytes) -> str | None:
         res = self.s.resolver
@@ -769,13 +862,16 @@ class Child:
                     return True
         return False
 
-    def run(self) -> int:
-        self.reset_parent_state()
+    def run(self, pooled: bool = False) -> int:
+        if pooled:
+            self.conn.setblocking(True)
+        else:
+            self.reset_parent_state_of(self.s, self.conn)
         self.s.children[-1] = self.ip16  # the status lines count this connection
         if self.s.unix_path:
             self.doit_unix()
-        else:
-            self.doit_tcp()
+        elif self.doit_tcp():
+            return 100  # denied by the rules
         if self.maxperip and self.ipcount >= self.maxperip:
             who = self.s.unix_path or self.remoteipstr
             what = "no slots for " if self.s.unix_path else "no ip slots for "
@@ -817,7 +913,8 @@ class Child:
         if self.o.verbosity >= 2:
             self.s.warn(f"tcpserver: ok {pid} [{safe(path)}]")
 
-    def doit_tcp(self) -> None:
+    def doit_tcp(self) -> bool:
+        """Environment, rules, log lines of a TCP client; True if denied."""
         o = self.o
         pid = os.getpid()
         ip16 = self.ip16
@@ -904,8 +1001,7 @@ class Child:
                 f":maxperip={self.maxperip}"
             )
             self.s.warn(line)
-        if deny:
-            os._exit(100)
+        return deny
 
     def follow_rules(self, ip: str, host: str | None, info: str | None) -> bool:
         from indimail.core import cdb

@@ -1,0 +1,140 @@
+"""tcpserver's worker pool (ucspi/pool.py) serving qmail-smtpd in-process:
+one worker serves connection after connection, and nothing of one session
+(rules variables, relay rights, a denial) reaches the next."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+from smtp_service import SmtpService
+
+from support import Instance
+
+RULES = '127.0.0.2:allow,RELAYCLIENT="",MARK="two"\n127.0.0.3:deny\n127.:allow\n'
+DENIED = "553 sorry, that domain isn't allowed to be relayed thru this MTA"
+
+
+def session(port: int, source: str, rcpt: str) -> list[str]:
+    """HELO, MAIL, RCPT ``rcpt``, QUIT from ``source``; the reply lines."""
+    out: list[str] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0)) as s:
+        f = s.makefile("rb")
+        line = f.readline().decode()
+        out.append(line.rstrip())
+        if not line:
+            return out
+        for cmd in ("HELO client.test", "MAIL FROM:<a@example.org>", f"RCPT TO:<{rcpt}>", "QUIT"):
+            s.sendall(cmd.encode() + b"\r\n")
+            out.append(f.readline().decode().rstrip())
+        assert f.readline() == b""  # the server closed the connection after 221
+    return out
+
+
+def served_by(svc: SmtpService, n: int, timeout: float = 10) -> list[int]:
+    """Pids of the first ``n`` sessions (``tcpserver: pid N from IP``), once
+    the listener has logged each one's end (``sigchild, pid=N``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = svc.logtext()
+        pids = [int(p) for p in re.findall(r"tcpserver: pid (\d+) from ", text)]
+        ends = re.findall(r"sigchild, pid=(\d+)", text)
+        if len(pids) >= n and len(ends) >= n:
+            return pids[:n]
+        assert time.monotonic() < deadline, text
+        time.sleep(0.02)
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    time.sleep(0.02)
+                    continue
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_one_worker_serves_sessions_without_leaking_state(
+    instance: Instance, tmp_path: Path
+) -> None:
+    with SmtpService(instance, tmp_path, rules=RULES) as svc:
+        relay = session(svc.port, "127.0.0.2", "far@elsewhere.test")
+        served_by(svc, 1)
+        plain = session(svc.port, "127.0.0.1", "far@elsewhere.test")
+        served_by(svc, 2)
+        denied = session(svc.port, "127.0.0.3", "far@elsewhere.test")
+        deadline = time.monotonic() + 10
+        while " status 100\n" not in svc.logtext():
+            assert time.monotonic() < deadline, svc.logtext()
+            time.sleep(0.02)
+        again = session(svc.port, "127.0.0.1", "user@mx.example.test")
+        pids = served_by(svc, 4)
+        log = svc.logtext()
+        workers = set(svc.children())
+    assert relay[3] == "250 ok", relay  # RELAYCLIENT from the rules of 127.0.0.2
+    assert plain[3].startswith(DENIED), plain  # ... is gone for 127.0.0.1
+    assert denied == [""], denied  # closed without a greeting
+    assert again[3] == "250 ok" and again[4].startswith("221 "), again
+    assert len(set(pids)) == 1, pids  # all four in one process ...
+    assert pids[0] != svc.proc.pid and pids[0] in workers  # ... a child of the listener
+    assert f"tcpserver: end {pids[0]} status 100\n" in log
+    assert "tcpserver: deny " in log
+    assert "Traceback" not in log and "internal error" not in log
+    # the rules variable of 127.0.0.2 was in that session's environment only
+    assert log.count("RELAYCLIENT") == 0
+
+
+def test_worker_retires_after_maxuse(instance: Instance, tmp_path: Path) -> None:
+    env = {"TCPSERVER_POOL_MAXUSE": "2"}
+    with SmtpService(instance, tmp_path, rules=RULES, env=env) as svc:
+        for n in range(1, 4):
+            session(svc.port, "127.0.0.1", "user@mx.example.test")
+            served_by(svc, n)
+        pids = served_by(svc, 3)
+        assert pids[0] == pids[1] != pids[2], pids
+        assert gone(pids[0])
+
+
+def test_idle_worker_exits(instance: Instance, tmp_path: Path) -> None:
+    env = {"TCPSERVER_POOL_IDLE": "1"}
+    with SmtpService(instance, tmp_path, rules=RULES, env=env) as svc:
+        session(svc.port, "127.0.0.1", "user@mx.example.test")
+        (pid,) = served_by(svc, 1)
+        assert pid in svc.children()
+        assert gone(pid, timeout=5)
+        assert svc.proc.poll() is None
+        # the listener forks a fresh worker for the next client
+        assert session(svc.port, "127.0.0.1", "user@mx.example.test")[3] == "250 ok"
+        assert served_by(svc, 2)[1] != pid
+
+
+def test_pool_off_forks_per_connection(instance: Instance, tmp_path: Path) -> None:
+    with SmtpService(instance, tmp_path, rules=RULES, env={"TCPSERVER_POOL": "0"}) as svc:
+        for n in (1, 2):
+            session(svc.port, "127.0.0.1", "user@mx.example.test")
+            served_by(svc, n)
+        first, second = served_by(svc, 2)
+        assert first != second
+        assert gone(first) and gone(second)
+
+
+def test_workers_end_with_the_listener(instance: Instance, tmp_path: Path) -> None:
+    svc = SmtpService(instance, tmp_path, rules=RULES).start()
+    try:
+        session(svc.port, "127.0.0.1", "user@mx.example.test")
+        (pid,) = served_by(svc, 1)
+        assert pid in svc.children()
+        os.kill(svc.proc.pid, signal.SIGTERM)
+        svc.proc.wait(10)
+        assert gone(pid, timeout=5)  # EOF on its socketpair, not a signal
+    finally:
+        svc.stop()

@@ -1,0 +1,159 @@
+"""ucspi/pool.py: settings, and a worker's reset between two sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+
+from indimail.ucspi import pool
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        ({}, (True, 100, 5.0, 10, 16 * 1024)),
+        ({"TCPSERVER_POOL": "0"}, (False, 100, 5.0, 10, 16 * 1024)),
+        (
+            {
+                "TCPSERVER_POOL_MAXUSE": "7",
+                "TCPSERVER_POOL_IDLE": "30",
+                "TCPSERVER_POOL_MAXIDLE": "0",
+                "TCPSERVER_POOL_MAXMEM": "64",
+            },
+            (True, 7, 30.0, 0, 64 * 1024),
+        ),
+        ({"TCPSERVER_POOL_MAXUSE": "0", "TCPSERVER_POOL_IDLE": "x"}, (True, 100, 5.0, 10, 16384)),
+        (
+            {"TCPSERVER_POOL_MAXUSE": "-3", "TCPSERVER_POOL_IDLE": "99999999"},
+            (True, 100, 5.0, 10, 16384),
+        ),
+    ],
+)
+def test_settings(env: dict[str, str], want: tuple) -> None:
+    s = pool.Settings(env)
+    assert (s.enabled, s.maxuse, s.idle, s.maxidle, s.maxmem_kb) == want
+
+
+BIG = 1 << 30  # the test process itself is no small fresh worker
+
+
+def in_child(body) -> dict:
+    """Run ``body()`` in a forked child (it changes process state); its dict."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = body()
+        except BaseException as exc:  # pragma: no cover - reported to the parent
+            out = {"error": repr(exc)}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_restore_puts_back_what_a_session_changed(tmp_path) -> None:
+    def body() -> dict:
+        from indimail.core import paths
+        from indimail.ucspi import context
+
+        os.environ["KEEP"] = "1"
+        os.environ["CHANGE"] = "old"
+        os.environ.pop("ADDED", None)
+        base = pool.Baseline(maxmem_kb=BIG)
+        before_paths = paths._PATHS
+        # what a session may do
+        os.environ["ADDED"] = "x"
+        os.environ["CHANGE"] = "new"
+        del os.environ["KEEP"]
+        os.chdir(tmp_path)
+        os.umask(0o077)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        signal.alarm(100)
+        sys.argv[:] = ["qmail-smtpd", "extra"]
+        paths._PATHS = object()
+        context.set_current(context.Connection(None))
+        clean = base.restore()
+        umask = os.umask(0)
+        return {
+            "clean": clean,
+            "env": [os.environ.get(k) for k in ("KEEP", "CHANGE", "ADDED")],
+            "cwd_back": os.getcwd() == base.cwd,
+            "umask": umask == base.umask,
+            "sigterm": signal.getsignal(signal.SIGTERM) == base.signals[signal.SIGTERM],
+            "sigusr2": signal.getsignal(signal.SIGUSR2) == base.signals[signal.SIGUSR2],
+            "alarm": signal.alarm(0),
+            "argv": sys.argv == base.argv,
+            "paths": paths._PATHS is before_paths,
+            "context": context.current() is None,
+            "fd0": os.path.realpath(f"/proc/self/fd/{0}") == "/dev/null",
+        }
+
+    got = in_child(body)
+    assert got == {
+        "clean": True,
+        "env": ["1", "old", None],
+        "cwd_back": True,
+        "umask": True,
+        "sigterm": True,
+        "sigusr2": True,
+        "alarm": 0,
+        "argv": True,
+        "paths": True,
+        "context": True,
+        "fd0": True,
+    }
+
+
+def test_a_leaked_fd_or_child_retires_the_worker(tmp_path) -> None:
+    def leak_fd() -> dict:
+        base = pool.Baseline(maxmem_kb=BIG)
+        keep = open(tmp_path / "held", "w")  # noqa: SIM115 - the leak under test
+        clean = base.restore()
+        keep.close()
+        return {"clean": clean}
+
+    def leave_child() -> dict:
+        base = pool.Baseline(maxmem_kb=BIG)
+        pid = os.fork()
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        clean = base.restore()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return {"clean": clean}
+
+    def garbage_only() -> dict:
+        base = pool.Baseline(maxmem_kb=BIG)
+
+        class Cycle:
+            pass
+
+        c = Cycle()
+        c.me = c
+        c.f = open(tmp_path / "cyclic", "w")  # noqa: SIM115 - closed by the collector
+        del c
+        return {"clean": base.restore()}
+
+    def fat() -> dict:
+        base = pool.Baseline(maxmem_kb=1024)
+        ballast = bytearray(8 << 20)  # still held when the session ends
+        clean = base.restore()
+        return {"clean": clean, "ballast": len(ballast)}
+
+    assert in_child(fat) == {"clean": False, "ballast": 8 << 20}
+    assert in_child(leak_fd) == {"clean": False}
+    assert in_child(leave_child) == {"clean": False}
+    assert in_child(garbage_only) == {"clean": True}
