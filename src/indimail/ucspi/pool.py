@@ -307,6 +307,9 @@ class Baseline:
             if pid == 0:
                 clean = False  # one still runs: not ours to wait for
                 break
+        threading = sys.modules.get("threading")
+        if threading is not None and threading.active_count() > 1:
+            clean = False  # a session's thread would run on into the next one
         gc.collect()  # sockets and files of the session close themselves
         if self.fds is not None:
             now = _open_fds()

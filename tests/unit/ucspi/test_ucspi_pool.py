@@ -153,6 +153,19 @@ def test_a_leaked_fd_or_child_retires_the_worker(tmp_path) -> None:
         clean = base.restore()
         return {"clean": clean, "ballast": len(ballast)}
 
+    def left_thread() -> dict:
+        import threading
+
+        base = pool.Baseline(maxmem_kb=BIG)
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait, daemon=True)
+        t.start()
+        clean = base.restore()
+        stop.set()
+        t.join()
+        return {"clean": clean}
+
+    assert in_child(left_thread) == {"clean": False}
     assert in_child(fat) == {"clean": False, "ballast": 8 << 20}
     assert in_child(leak_fd) == {"clean": False}
     assert in_child(leave_child) == {"clean": False}
