@@ -12,7 +12,10 @@ Names that start with ``/`` or ``.`` are paths; others live in CONTROLDIR.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import time
 from pathlib import Path
 
 from indimail.core import paths as _paths
@@ -36,17 +39,88 @@ def control_path(name: str, controldir: Path | None = None) -> Path:
     return (controldir or _paths.get().controldir) / name
 
 
-def _read_bytes(name: str, controldir: Path | None) -> bytes | None:
-    path = control_path(name, controldir)
+# Contents of control files, kept per process and validated on every read by
+# one stat(): a long-lived process (a qmail-smtpd pool worker serving one
+# connection after another) sees an admin's edit on its next read exactly as
+# a program exec'd per connection would.  An absent file is stat'ed again on
+# every read, never remembered.  The key is (dev, ino, size, mtime_ns,
+# ctime_ns); ctime cannot be set back by anyone, and a file whose ctime is
+# not older than RACY_NS when it is read is not kept at all (the "racy git"
+# rule): an edit within the same timestamp tick, even one that keeps the
+# size, can therefore never be missed.
+RACY_NS = 2_000_000_000
+CACHE_MAX = 1 << 20  # larger files are read every time
+_cache: dict[str, tuple[tuple[int, int, int, int, int], bytes, dict]] = {}
+
+
+def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _str_path(name: str, controldir: Path | None) -> str:
+    if name.startswith(("/", ".")):
+        return name
+    return f"{controldir or _paths.get().controldir}/{name}"
+
+
+def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | None:
+    """(contents, parse cache or None) of control ``name``; None if missing."""
+    spath = _str_path(name, controldir)
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        st = os.stat(spath)
     except FileNotFoundError:
+        _cache.pop(spath, None)
         return None
+    except OSError:
+        st = None  # open() below reports it
+    if st is not None:
+        hit = _cache.get(spath)
+        if hit is not None and hit[0] == _key(st):
+            return hit[1], hit[2]
+    try:
+        fd = os.open(spath, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        _cache.pop(spath, None)
+        return None
+    except OSError as exc:
+        path = control_path(name, controldir)
+        raise ControlError(f"unable to read control file {path}: {exc.strerror}") from None
+    try:
+        now = time.time_ns()
+        st = os.fstat(fd)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
     except IsADirectoryError:
+        path = control_path(name, controldir)
         raise ControlError(f"unable to read control file {path}: is a directory") from None
     except OSError as exc:
+        path = control_path(name, controldir)
         raise ControlError(f"unable to read control file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if (
+        st.st_size == len(data) <= CACHE_MAX
+        and stat.S_ISREG(st.st_mode)
+        and st.st_ctime_ns < now - RACY_NS
+        and st.st_mtime_ns < now - RACY_NS
+    ):
+        parsed: dict = {}
+        _cache[spath] = (_key(st), data, parsed)
+        return data, parsed
+    _cache.pop(spath, None)
+    return data, None
+
+
+def _read_bytes(name: str, controldir: Path | None) -> bytes | None:
+    found = _lookup(name, controldir)
+    return None if found is None else found[0]
+
+
+def clear_cache() -> None:
+    """Forget every remembered control file (tests; never needed for correctness)."""
+    _cache.clear()
 
 
 def _strip(line: bytes) -> bytes:
@@ -57,15 +131,23 @@ def read_line(
     name: str, default: str | None = None, *, controldir: Path | None = None, flagme: bool = False
 ) -> str | None:
     """First line of ``name``; ``default`` (or ``me`` with flagme) if missing."""
-    data = _read_bytes(name, controldir)
-    if data is None:
+    found = _lookup(name, controldir)
+    if found is None:
         if flagme:
             me = read_line("me", controldir=controldir)
             if me is not None:
                 return me
         return default
+    data, parsed = found
+    if parsed is not None:
+        line = parsed.get("line")
+        if line is not None:
+            return line
     first = data.split(b"\n", 1)[0]
-    return _strip(first).decode("utf-8", "surrogateescape")
+    line = _strip(first).decode("utf-8", "surrogateescape")
+    if parsed is not None:
+        parsed["line"] = line
+    return line
 
 
 def read_int(name: str, default: int, *, controldir: Path | None = None) -> int:
@@ -89,19 +171,62 @@ def read_list(
     name: str, *, controldir: Path | None = None, flagme: bool = False
 ) -> list[str] | None:
     """Items of a list file; None if missing (or ``[me]`` with flagme)."""
-    data = _read_bytes(name, controldir)
-    if data is None:
+    found = _lookup(name, controldir)
+    if found is None:
         if flagme:
             me = read_line("me", controldir=controldir)
             if me is not None:
                 return [me]
         return None
-    items = []
+    return list(_items(*found))
+
+
+def _items(data: bytes, parsed: dict | None) -> tuple[str, ...]:
+    if parsed is not None:
+        items = parsed.get("list")
+        if items is not None:
+            return items
+    out = []
     for raw in data.split(b"\n"):
         line = _strip(raw)
         if line and not line.startswith(b"#"):
-            items.append(line.decode("utf-8", "surrogateescape"))
+            out.append(line.decode("utf-8", "surrogateescape"))
+    items = tuple(out)
+    if parsed is not None:
+        parsed["list"] = items
     return items
+
+
+def read_list_as(name: str, tag: str, build, *, controldir: Path | None = None):
+    """``build(items)`` for list file ``name`` (None if missing), remembered
+    with the file's contents while the file is unchanged: the result is
+    shared, so ``build`` must return something its callers never modify."""
+    found = _lookup(name, controldir)
+    if found is None:
+        return None
+    data, parsed = found
+    if parsed is not None:
+        value = parsed.get(tag, parsed)
+        if value is not parsed:
+            return value
+    value = build(list(_items(data, parsed)))
+    if parsed is not None:
+        parsed[tag] = value
+    return value
+
+
+def exists(name: str, *, controldir: Path | None = None) -> bool:
+    """Whether control ``name`` exists (Path.exists: a missing directory on
+    the way is False, other errors such as EACCES are raised)."""
+    try:
+        os.stat(_str_path(name, controldir))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EBADF):
+            return False
+        raise
+    return True
 
 
 def read_cdb_or_list(name: str, *, controldir: Path | None = None) -> set[str] | None:
