@@ -30,14 +30,36 @@ class ControlTrouble(Exception):
         self.name = name
 
 
-def _lines(name: str, controldir: Path) -> list[bytes] | None:
+def _encode(items: list[str]) -> tuple[bytes, ...]:
+    return tuple(i.encode("utf-8", "surrogateescape") for i in items)
+
+
+def _lower(items: list[str]) -> tuple[tuple[bytes, ...], frozenset[bytes]]:
+    lines = tuple(i.encode("utf-8", "surrogateescape").lower() for i in items)
+    return lines, frozenset(lines)
+
+
+def _lowered(name: str, controldir: Path) -> tuple[tuple[bytes, ...], frozenset[bytes]] | None:
+    """(lines lower-cased, their set) of list ``name``; kept while unchanged."""
     try:
-        items = control.read_list(name, controldir=controldir)
+        return control.read_list_as(name, "smtpd-lower", _lower, controldir=controldir)
     except control.ControlError:
         raise ControlTrouble(name) from None
-    if items is None:
-        return None
-    return [i.encode("utf-8", "surrogateescape") for i in items]
+
+
+def _keyed_lines(name: str, controldir: Path) -> dict[bytes, bytes]:
+    """``key:value`` lines of ``name`` as a dict (first key wins); kept while unchanged."""
+    try:
+        found = control.read_list_as(
+            name, "smtpd-keyed", lambda items: _keyed(_encode(items)), controldir=controldir
+        )
+    except control.ControlError:
+        raise ControlTrouble(name) from None
+    return found or {}
+
+
+def _has(name: str, controldir: Path) -> bool:
+    return control.exists(name, controldir=controldir)
 
 
 def _cdb_get(name: str, key: bytes, controldir: Path) -> bool | None:
@@ -61,13 +83,12 @@ class AddressList:
         self.name = name
         self.controldir = controldir
         self.at = at_char
-        lines = _lines(name, controldir)
-        self.present = lines is not None
-        self.lines = [x.lower() for x in lines or []]
-        self.exact = set(self.lines)
-        pat = _lines(patterns, controldir) if patterns else None
-        self.patterns = [x.lower() for x in pat] if pat is not None else None
-        self.has_cdb = control.control_path(name + ".cdb", controldir).exists()
+        lowered = _lowered(name, controldir)
+        self.present = lowered is not None
+        self.lines, self.exact = lowered or ((), frozenset())
+        pat = _lowered(patterns, controldir) if patterns else None
+        self.patterns = pat[0] if pat is not None else None
+        self.has_cdb = _has(name + ".cdb", controldir)
 
     def match(self, addr: bytes, environ: Mapping[str, str]) -> bool:
         addr = addr.lower()
@@ -116,11 +137,11 @@ class RcptHosts:
 
     def __init__(self, controldir: Path) -> None:
         self.controldir = controldir
-        lines = _lines("rcpthosts", controldir)
-        self.present = lines is not None
-        self.hosts = {x.lower() for x in lines or []}
+        lowered = _lowered("rcpthosts", controldir)
+        self.present = lowered is not None
+        self.hosts = lowered[1] if lowered is not None else frozenset()
+        self.has_more = _has("morercpthosts.cdb", controldir)
         self.more = control.control_path("morercpthosts.cdb", controldir)
-        self.has_more = self.more.exists()
 
     def allowed(self, addr: bytes) -> bool:
         if not self.present:
@@ -144,7 +165,7 @@ class RcptHosts:
         return False
 
 
-def _keyed(lines: list[bytes] | None) -> dict[bytes, bytes]:
+def _keyed(lines: tuple[bytes, ...] | None) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for line in lines or []:
         key, _, value = line.partition(b":")
@@ -154,13 +175,13 @@ def _keyed(lines: list[bytes] | None) -> dict[bytes, bytes]:
 
 def relayclient_for(remoteip: str, remotehost: str, controldir: Path) -> str | None:
     """The RELAYCLIENT value control relayclients / relaydomains give, or None."""
-    clients = _keyed(_lines("relayclients", controldir))
+    clients = _keyed_lines("relayclients", controldir)
     if clients:
         ip = remoteip.encode()
         for i in range(len(ip), 0, -1):
             if (i == len(ip) or ip[i - 1 : i] == b".") and ip[:i] in clients:
                 return clients[ip[:i]].decode("utf-8", "surrogateescape")
-    domains = _keyed(_lines("relaydomains", controldir))
+    domains = _keyed_lines("relaydomains", controldir)
     if domains:
         host = remotehost.lower().encode("utf-8", "surrogateescape")
         for i in range(len(host) + 1):

@@ -68,35 +68,79 @@ class DataSink:
         if low == b"delivered":
             self.hops += 1
 
+    @staticmethod
+    def _body(buf: bytearray, pos: int, lines: list[bytes]) -> int:
+        """The body's complete lines from ``pos`` at once (CRLF only, at a
+        line start, past the header): what the line loop would write goes
+        to ``lines``.  Returns where they end; ``-i`` when they end with the
+        '.' line, ``i`` being where the bytes after it start; ``pos`` when a
+        bare LF is among them (nothing taken: the line loop handles it)."""
+        if buf.startswith(b".\r\n", pos):
+            dot = pos
+        else:
+            dot = buf.find(b"\n.\r\n", pos)
+            dot = dot + 1 if dot >= 0 else -1
+        end = dot if dot >= 0 else buf.rfind(b"\n") + 1
+        if end <= pos:
+            return -(dot + 3) if dot >= 0 else pos
+        seg = bytes(buf[pos:end])
+        if seg.count(b"\n") != seg.count(b"\r\n"):
+            return pos
+        seg = seg.replace(b"\r\n", b"\n").replace(b"\n.", b"\n")
+        lines.append(seg[1:] if seg[:1] == b"." else seg)
+        return -(dot + 3) if dot >= 0 else end
+
     def feed(self, data: bytes) -> bytes | None:
         """Consume ``data``; None while more is needed, else the bytes after '.'."""
         self.buf += data
         buf = self.buf
         pos = 0
         n = len(buf)
-        while pos < n:
+        # complete lines are collected and written once per call: the bytes
+        # written (and the databytes cut) are those of line-by-line writes
+        lines: list[bytes] = []
+        allow_barelf = self.allow_barelf
+        whole = not allow_barelf  # the body may be taken whole (see _body)
+        for _ in range(n):  # each round consumes one line (or all the body)
+            if whole and not self.in_header and self.line_start:
+                end = self._body(buf, pos, lines)
+                if end < 0:  # the body up to '.' was taken whole
+                    self._put(b"".join(lines))
+                    self.done = True
+                    rest = bytes(buf[-end:])
+                    buf.clear()
+                    return rest
+                if end > pos:
+                    pos = end
+                    break
+                # a bare LF: the lines below write what precedes it and raise
+                whole = False
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
             if nl > pos and buf[nl - 1] == 0x0D:
                 content = bytes(buf[pos : nl - 1])
-            elif self.allow_barelf:
+            elif allow_barelf:
                 content = bytes(buf[pos:nl])
             else:
+                self._put(b"".join(lines))
                 raise BareLF()
-            stuffed = self.line_start and content.startswith(b".")
-            if self.line_start and content == b".":
-                self.done = True
-                rest = bytes(buf[nl + 1 :])
-                buf.clear()
-                return rest
-            if stuffed:
-                content = content[1:]
             if self.line_start:
-                self._header_line(content)
-            self._put(content + b"\n")
+                if content[:1] == b".":
+                    if content == b".":
+                        self._put(b"".join(lines))
+                        self.done = True
+                        rest = bytes(buf[nl + 1 :])
+                        buf.clear()
+                        return rest
+                    content = content[1:]
+                if self.in_header:
+                    self._header_line(content)
+            lines.append(content)
+            lines.append(b"\n")
             self.line_start = True
             pos = nl + 1
+        self._put(b"".join(lines))
         del buf[:pos]
         if len(buf) > PARTIAL:
             # a very long line: write all but a trailing CR (may start CRLF)

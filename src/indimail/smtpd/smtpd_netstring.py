@@ -101,8 +101,18 @@ def netstring(data: bytes) -> bytes:
     return str(len(data)).encode() + b":" + data + b","
 
 
+_SAFE_OK = frozenset(".@%+/=:-_[] ")
+_ASCII_TO_SAFE = {
+    c: "?"
+    for c in range(128)
+    if not (chr(c) in _SAFE_OK or (chr(c).isascii() and chr(c).isalnum()))
+}
+
+
 def _safe(s: str) -> str:
-    ok = set(".@%+/=:-_[] ")
+    if s.isascii():
+        return s.translate(_ASCII_TO_SAFE)
+    ok = _SAFE_OK
     return "".join(
         c if (c in ok or ("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9")) else "?"
         for c in s
