@@ -188,25 +188,61 @@ def received_line(
     return "".join(parts).encode("utf-8", "surrogateescape")
 
 
+# _role_of_uid's answers, kept while /etc/passwd is unchanged (its stat key,
+# under the racy rule of core.control): three getpwnam() calls, each reading
+# /etc/passwd, for every message a long-lived qmail-smtpd queues otherwise.
+_roles: dict[tuple[int, tuple[str, str, str]], str | None] = {}
+_roles_key: tuple[int, int, int, int, int] | None = None
+PASSWD = "/etc/passwd"
+RACY_NS = 2_000_000_000
+
+
+def _passwd_key() -> tuple[int, int, int, int, int] | None:
+    try:
+        st = os.stat(PASSWD)
+    except OSError:
+        return None
+    if max(st.st_mtime_ns, st.st_ctime_ns) >= time.time_ns() - RACY_NS:
+        return None  # changed just now: another change may follow within the same tick
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _role_of_uid(uid: int) -> str | None:
     """``alias``/``qmails`` if uid is that role's and not also the queue owner's."""
+    global _roles_key
+    p = _paths.get()
+    names = (p.user("qmailq"), p.user("alias"), p.user("qmails"))
+    key = _passwd_key()
+    if key != _roles_key:
+        _roles.clear()
+        _roles_key = key
+    if key is not None:
+        role = _roles.get((uid, names), _roles)
+        if role is not _roles:
+            return role  # type: ignore[return-value]
+    role = _lookup_role(uid, names)
+    if key is not None:
+        _roles[(uid, names)] = role
+    return role
+
+
+def _lookup_role(uid: int, names: tuple[str, str, str]) -> str | None:
     import pwd
 
-    p = _paths.get()
     try:
-        owner = pwd.getpwnam(p.user("qmailq")).pw_uid
+        owner = pwd.getpwnam(names[0]).pw_uid
     except KeyError:
         owner = None
-    for role in ("alias", "qmails"):
+    for role, name in (("alias", names[1]), ("qmails", names[2])):
         try:
-            if pwd.getpwnam(p.user(role)).pw_uid == uid and uid != owner:
+            if pwd.getpwnam(name).pw_uid == uid and uid != owner:
                 return role
         except KeyError:
             continue
     return None
 
 
-def _open_excl(path: Path, mode: int = 0o644) -> int:
+def _open_excl(path: str, mode: int = 0o644) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
 
 
@@ -262,17 +298,19 @@ def enqueue(
     if not root.is_dir():
         raise QueueError(codes.CHDIR, f"trouble doing cd to queue directory {root}")
 
+    # file names as str (what root / name would print, without a Path per name)
+    prefix = str(root / "x")[:-1]
     old_umask = os.umask(0o033)
-    lockfd = _enqueue_lock(layout)
+    lockfd = _enqueue_lock(layout, prefix)
     messfd = intdfd = -1
-    messfn: Path | None = None
-    intdfn: Path | None = None
+    messfn: str | None = None
+    intdfn: str | None = None
     try:
         # 1. pid file: its inode becomes the message number.
         start = int(time.time())
         pidfn = None
         for seq in range(1, 10):
-            candidate = root / "pid" / f"{pid}.{start}.{seq}"
+            candidate = f"{prefix}pid/{pid}.{start}.{seq}"
             try:
                 messfd = _open_excl(candidate)
                 pidfn = candidate
@@ -288,9 +326,9 @@ def enqueue(
                 codes.PID_FILE, "trouble creating pid file: all sequence numbers taken"
             )
         inode = os.fstat(messfd).st_ino
-        messfn = layout.path("mess", inode)
-        intdfn = layout.path("intd", inode)
-        todofn = layout.path("todo", inode)
+        messfn = prefix + layout.rel("mess", inode)
+        intdfn = prefix + layout.rel("intd", inode)
+        todofn = prefix + layout.rel("todo", inode)
         # 2. name the message by its inode.
         try:
             os.link(pidfn, messfn)
@@ -346,8 +384,8 @@ def enqueue(
             ) from None
         messfn = intdfn = None  # committed: never clean up from here on
         # 7. make the todo entry durable, then wake the processor.
-        _sync_dir(todofn.parent)
-        poke_trigger(layout)
+        _sync_dir(os.path.dirname(todofn))
+        _poke(prefix + "lock/trigger")
         return inode
     except BaseException:
         _cleanup(messfd, messfn, intdfd, intdfn)
@@ -362,12 +400,12 @@ def enqueue(
         os.umask(old_umask)
 
 
-def _enqueue_lock(layout: Layout) -> int:
+def _enqueue_lock(layout: Layout, prefix: str) -> int:
     """Hold ``lock/enqueue`` shared while writing, so queue-fix (exclusive)
     knows that leftovers it finds belong to dead writers.  A queue made by
     another tool may lack the file: then there is nothing to hold."""
     try:
-        fd = os.open(layout.root / "lock" / "enqueue", os.O_RDONLY)
+        fd = os.open(prefix + "lock/enqueue", os.O_RDONLY)
     except FileNotFoundError:
         return -1
     except OSError as exc:
@@ -416,7 +454,7 @@ def _internal_envelope(uid: int, pid: int, env: Envelope, qqeh: str | None) -> b
     return bytes(out)
 
 
-def _sync_dir(directory: Path) -> None:
+def _sync_dir(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
@@ -435,8 +473,12 @@ def _sync_dir(directory: Path) -> None:
 
 def poke_trigger(layout: Layout) -> None:
     """Write one byte to ``lock/trigger`` if a reader is there; never block."""
+    _poke(layout.trigger)
+
+
+def _poke(trigger: str | Path) -> None:
     try:
-        fd = os.open(layout.trigger, os.O_WRONLY | os.O_NONBLOCK)
+        fd = os.open(trigger, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return
     try:
@@ -447,7 +489,7 @@ def poke_trigger(layout: Layout) -> None:
         os.close(fd)
 
 
-def _unlink(path: Path | None) -> None:
+def _unlink(path: str | None) -> None:
     if path is None:
         return
     try:
@@ -456,7 +498,7 @@ def _unlink(path: Path | None) -> None:
         pass
 
 
-def _cleanup(messfd: int, messfn: Path | None, intdfd: int, intdfn: Path | None) -> None:
+def _cleanup(messfd: int, messfn: str | None, intdfd: int, intdfn: str | None) -> None:
     # As the original: truncate, then unlink, what this run made.
     for fd, fn in ((intdfd, intdfn), (messfd, messfn)):
         if fn is None:
