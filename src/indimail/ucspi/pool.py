@@ -25,9 +25,9 @@ another:
 * A worker retires after ``TCPSERVER_POOL_MAXUSE`` connections (default
   100), after ``TCPSERVER_POOL_IDLE`` seconds without one (default 5),
   when ``TCPSERVER_POOL_MAXIDLE`` workers (default 10) already wait, when
-  a session left it with more than ``TCPSERVER_POOL_MAXMEM`` MB of private
-  memory (default 16; a hostile client's 1 MB lines grow the heap, which
-  Python keeps), and whenever the listener goes away (EOF on its
+  its resident memory grew by more than ``TCPSERVER_POOL_MAXMEM`` MB
+  since it started (default 16; a hostile client's 1 MB lines grow the
+  heap, which Python keeps), and whenever the listener goes away (EOF on its
   socketpair).  ``TCPSERVER_POOL=0`` turns the pool off.
 """
 
@@ -211,19 +211,17 @@ def _open_fds() -> set[int] | None:
     return None
 
 
-def private_kb() -> int | None:
-    """Private dirty memory of this process in KiB (Linux), else None."""
+def resident_kb() -> int | None:
+    """Resident memory of this process in KiB (``/proc/self/statm``), else None.
+
+    Growth of the resident set since the worker started is what a session
+    left allocated: copy-on-write faults replace pages but add none."""
     try:
-        with open("/proc/self/smaps_rollup", "rb") as f:
-            data = f.read(8192)
-    except OSError:
+        with open("/proc/self/statm", "rb") as f:
+            fields = f.read(256).split()
+        return int(fields[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, IndexError, ValueError):
         return None
-    at = data.find(b"Private_Dirty:")
-    end = data.find(b"kB", at)
-    if at < 0 or end < 0:
-        return None
-    text = data[at + 14 : end].strip()
-    return int(text) if text.isdigit() else None
 
 
 class Baseline:
@@ -251,6 +249,7 @@ class Baseline:
 
         self.paths = paths._PATHS
         self.fds = _open_fds()
+        self.resident = resident_kb()
 
     def restore(self) -> bool:
         """Put everything back; False if the worker must not serve again."""
@@ -318,8 +317,8 @@ class Baseline:
         ids = (os.getuid(), os.getgid(), os.geteuid(), os.getegid())
         if ids != (self.uid, self.gid, self.euid, self.egid):
             clean = False
-        mem = private_kb()
-        if mem is not None and mem > self.maxmem_kb:
+        mem = resident_kb()
+        if mem is not None and self.resident is not None and mem - self.resident > self.maxmem_kb:
             clean = False  # a fresh fork is smaller than what this one kept
         return clean
 

@@ -760,6 +760,12 @@ class Server:
         code = EXIT_TEMP
         try:
             Child.reset_parent_state_of(self, None)
+            try:  # built once, not again by every session
+                from indimail.core import paths
+
+                paths.get()
+            except Exception:
+                pass  # the command reports a bad paths file itself
             base = pool.Baseline(self.pool_settings.maxmem_kb)
             while True:
                 got = pool.receive(chan)
