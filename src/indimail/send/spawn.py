@@ -12,10 +12,13 @@ from __future__ import annotations
 import _signal
 import gc
 import os
+import pickle
 import select
 import signal
+import socket
 import stat
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,11 @@ from indimail.queue.layout import Layout
 SPAWN = 500  # conf-spawn: the most deliveries at once
 MAX_OUTPUT = 10000  # bytes of report kept per delivery
 MAX_COMMAND = 1 << 20
+# Delivery workers (see Spawner.start_in_worker): a worker serves this many
+# deliveries, then is retired, as is one idle this long.
+WORKER_JOBS = 1000
+WORKER_IDLE = 5.0
+WORKER_MAX_JOB = 1 << 16  # bigger requests go to a forked child
 
 
 @dataclass
@@ -48,12 +56,16 @@ class Running:
     output: bytearray = field(default_factory=bytearray)
     eof: bool = False
     wstatus: int | None = None
+    key: int = 0  # in Spawner.running: the child's pid, or a worker job's own number
 
 
 ChildFn = Callable[[Request, int], int]  # (request, size of message) -> exit code
 # A ChildFn may carry ``prepare(request) -> object``: run in the spawner before
 # the fork, its result reaches the child as ``request.prepared`` (work done
-# once in the warm parent instead of in every child).
+# once in the warm parent instead of in every child).  It may also carry
+# ``reusable(request) -> bool``: True when the delivery leaves no trace in
+# the process that runs it (no change of user), so a long-lived worker may
+# run it instead of a fresh fork.
 ReportFn = Callable[[int, bytes], bytes]  # (wait status, output) -> K/Z/D text
 
 
@@ -131,6 +143,26 @@ def _std_streams() -> None:
         setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115
 
 
+@dataclass
+class _Worker:
+    """A forked process that runs deliveries one after another.
+
+    The spawner hands it a job over a socket pair: the request (pickled)
+    with the message's descriptor and the write end of the report pipe
+    attached (SCM_RIGHTS).  The worker puts them on fds 0, 1 and 2 as a
+    forked child has them, runs the delivery, puts /dev/null back on
+    0-2 (so the report pipe sees EOF exactly when a child's exit would
+    give it) and answers with the exit code (4 bytes).
+    """
+
+    pid: int
+    sock: socket.socket
+    run: Running | None = None
+    jobs: int = 0
+    idle_since: float = 0.0
+    gone: bool = False
+
+
 class _Poller:
     """The little of ``selectors`` the spawner needs, on epoll (or poll)
     directly: every Python call between two forks dirties pages that the
@@ -151,6 +183,10 @@ class _Poller:
     def unregister(self, fd: int) -> None:
         del self._data[fd]
         (self._epoll if self._epoll is not None else self._poll).unregister(fd)
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
 
     def select(self, timeout: float) -> list[object]:
         """The data of every descriptor ready to read (or at EOF)."""
@@ -180,7 +216,11 @@ class Spawner:
         self.check_owner = check_owner
         self.infd = infd
         self.outfd = outfd
-        self.running: dict[int, Running] = {}  # by pid
+        self.running: dict[int, Running] = {}  # by pid (of the child or worker)
+        self.workers: dict[int, _Worker] = {}  # by pid
+        self.idle: list[_Worker] = []  # workers waiting for a job, oldest first
+        self.jobseq = 0
+        self.wake_fds: tuple[int, ...] = ()
         self.std_bound = _std_streams_bound()
         self.parent = os.getppid()
         self.sel = _Poller()
@@ -228,6 +268,9 @@ class Spawner:
         prepare = getattr(self.child, "prepare", None)
         if prepare is not None:
             req.prepared = prepare(req)
+        reusable = getattr(self.child, "reusable", None)
+        if reusable is not None and reusable(req) and self.start_in_worker(req, messfd, st.st_size):
+            return
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the delivery
@@ -266,9 +309,176 @@ class Spawner:
         os.close(w)
         os.close(messfd)
         os.set_blocking(r, False)
-        run = Running(req, pid, r)
+        run = Running(req, pid, r, key=pid)
         self.running[pid] = run
         self.sel.register(r, run)
+
+    # -- delivery workers ----------------------------------------------------
+
+    def start_in_worker(self, req: Request, messfd: int, size: int) -> bool:
+        """Hand the delivery to an idle worker (forking one if none is
+        idle); False if that cannot be done (the caller forks a child)."""
+        job = pickle.dumps((req, size), protocol=pickle.HIGHEST_PROTOCOL)
+        if len(job) > WORKER_MAX_JOB:
+            return False
+        worker = self.idle.pop() if self.idle else self.new_worker(messfd)
+        if worker is None:
+            return False
+        r, w = os.pipe()
+        try:
+            socket.send_fds(worker.sock, [job], [messfd, w])
+        except OSError:
+            os.close(r)
+            os.close(w)
+            self.retire(worker)
+            return False
+        os.close(w)  # the worker has its own copies now
+        os.close(messfd)
+        os.set_blocking(r, False)
+        self.jobseq += 1
+        run = Running(req, worker.pid, r, key=-self.jobseq)
+        worker.run = run
+        worker.jobs += 1
+        self.running[run.key] = run
+        self.sel.register(r, run)
+        return True
+
+    def new_worker(self, messfd: int) -> _Worker | None:
+        """Fork a worker (``messfd``: the job's message, not for it to keep)."""
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ours.setblocking(False)
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            code = 111
+            try:
+                ours.close()
+                os.close(messfd)
+                self.worker_loop(theirs)
+                code = 0
+            finally:
+                exit_child(code)
+        theirs.close()
+        worker = _Worker(pid, ours)
+        self.workers[pid] = worker
+        self.sel.register(ours.fileno(), worker)
+        return worker
+
+    def worker_loop(self, sock: socket.socket) -> None:
+        """The life of a worker (runs in the forked process)."""
+        gc.disable()  # as a delivery child: the shared heap stays shared
+        signal.set_wakeup_fd(-1)
+        for signum in _CHILD_DEFAULT_SIGNALS:
+            _signal.signal(signum, _signal.SIG_DFL)
+        # what the spawner holds open must not be kept open here too (a
+        # copy of another worker's socket would hide its retirement)
+        for other in self.workers.values():
+            other.sock.close()
+        for run in self.running.values():
+            if not run.eof:
+                os.close(run.fd)
+        self.sel.close()
+        for fd in (*self.wake_fds, self.infd, self.outfd):
+            if fd > 2:
+                os.close(fd)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(null, fd)
+        if not self.std_bound:
+            _std_streams()
+        jobs = 0
+        while True:  # until the spawner closes its end (never on our own:
+            # an exit could overtake the answer still in the socket)
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, WORKER_MAX_JOB + 1, 2)
+            except InterruptedError:
+                continue
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                return  # the spawner is done with us
+            jobs += 1
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                sock.send((111).to_bytes(4, "little"))
+                continue
+            messfd, w = fds
+            os.dup2(messfd, 0)
+            os.dup2(w, 1)
+            os.dup2(w, 2)
+            os.close(messfd)
+            os.close(w)
+            code = 111
+            try:
+                req, size = pickle.loads(data)
+                code = self.child(req, size)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 111
+            except BaseException as exc:  # report, never a traceback
+                try:
+                    os.write(
+                        1, f"internal error in delivery: {type(exc).__name__}: {exc}\n".encode()
+                    )
+                except OSError:
+                    pass
+                code = 111
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            # as a child's exit: the message and the report pipe are let go
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            sock.send((code & 0xFF).to_bytes(4, "little"))
+            if jobs % 64 == 0:
+                gc.collect()  # cycles a delivery may have left
+
+    def worker_event(self, worker: _Worker) -> None:
+        """A worker answered (a delivery's exit code) or went away."""
+        try:
+            data = worker.sock.recv(16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        run = worker.run
+        if len(data) == 4:
+            worker.run = None
+            if run is not None:
+                run.wstatus = int.from_bytes(data, "little") << 8  # as an exit status
+                self.finish_if_done(run)
+            if worker.jobs >= WORKER_JOBS:
+                self.retire(worker)  # it exits now
+            else:
+                worker.idle_since = time.monotonic()
+                self.idle.append(worker)
+            return
+        # EOF (or nonsense): the worker is gone; its exit status, from
+        # reap(), becomes the result of the delivery it was running
+        self.retire(worker)
+
+    def retire(self, worker: _Worker) -> None:
+        """Close our end: an idle worker exits; the process is reaped later."""
+        if worker.gone:
+            return
+        worker.gone = True
+        if worker in self.idle:
+            self.idle.remove(worker)
+        self.sel.unregister(worker.sock.fileno())
+        worker.sock.close()
+
+    def retire_idle(self, now: float) -> None:
+        while self.idle and now - self.idle[0].idle_since >= WORKER_IDLE:
+            self.retire(self.idle[0])
 
     def collect(self, run: Running) -> None:
         try:
@@ -286,23 +496,33 @@ class Spawner:
         self.finish_if_done(run)
 
     def reap(self) -> None:
-        while self.running:
+        while self.running or self.workers:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            run = self.running.get(pid)
-            if run is None:
-                continue
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                if not worker.gone:
+                    self.worker_event(worker)  # an answer it sent before it died
+                self.retire(worker)
+                run = worker.run
+                worker.run = None
+                if run is None or run.wstatus is not None:
+                    continue
+            else:
+                run = self.running.get(pid)
+                if run is None:
+                    continue
             run.wstatus = status
             self.finish_if_done(run)
 
     def finish_if_done(self, run: Running) -> None:
         if not run.eof or run.wstatus is None:
             return
-        del self.running[run.pid]
+        del self.running[run.key]
         text = self.report(run.wstatus, bytes(run.output))
         self.error(run.request.slot, text.replace(b"\0", b"_"))
 
@@ -316,6 +536,7 @@ class Spawner:
         gc.collect()
         gc.freeze()
         wake_r, wake_w = os.pipe()
+        self.wake_fds = (wake_r, wake_w)
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
@@ -329,7 +550,11 @@ class Spawner:
         buf = bytearray()
         open_input = True
         while open_input or self.running:
-            for what in self.sel.select(5.0):
+            timeout = 5.0
+            if self.idle:  # wake up in time to retire the oldest idle worker
+                timeout = min(timeout, self.idle[0].idle_since + WORKER_IDLE - time.monotonic())
+                timeout = max(timeout, 0.01)
+            for what in self.sel.select(timeout):
                 if what is _WAKE:
                     try:
                         while os.read(wake_r, 4096):
@@ -350,10 +575,28 @@ class Spawner:
                         self.start(req)
                     if len(buf) > MAX_COMMAND:
                         buf.clear()
+                elif type(what) is _Worker:
+                    self.worker_event(what)
                 else:
                     self.collect(what)  # type: ignore[arg-type]
             self.reap()
+            if self.idle:
+                self.retire_idle(time.monotonic())
+        self.stop_workers()
         return 0
+
+    def stop_workers(self) -> None:
+        """Let every worker go and wait for them (they are idle by now)."""
+        for worker in list(self.workers.values()):
+            self.retire(worker)
+        while self.workers:
+            try:
+                pid, _status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            self.workers.pop(pid, None)
 
 
 # -- qmail-lspawn ------------------------------------------------------------
@@ -412,6 +655,10 @@ class _LocalChild:
             return self.cdb.lookup(local)
         except Exception:  # the child looks up itself and reports
             return self.cdb.UNKNOWN
+
+    def reusable(self, _req: Request) -> bool:
+        """Without a change of user a delivery may run in a worker."""
+        return self.p.rootless or os.getuid() != 0
 
     def __call__(self, req: Request, _size: int) -> int:
         users, qmail_local, p = self.users, self.qmail_local, self.p

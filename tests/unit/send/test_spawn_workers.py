@@ -1,0 +1,197 @@
+"""The spawner's delivery workers: reuse, reports, crashes, retirement.
+
+A spawner runs in a forked process with pipes for qmail-send's side, as
+qmail-start runs it; the child function records what a delivery saw.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+import pytest
+
+from indimail.queue.layout import Layout
+from indimail.send import spawn
+
+
+class _Child:
+    """A reusable delivery: its behaviour is chosen by the recipient."""
+
+    def __init__(self, reusable: bool = True) -> None:
+        self._reusable = reusable
+
+    def reusable(self, _req: spawn.Request) -> bool:
+        return self._reusable
+
+    def __call__(self, req: spawn.Request, size: int) -> int:
+        box = req.recipient.partition(b"@")[0]
+        first = os.read(0, 5)
+        os.write(1, b"pid %d size %d head %s\n" % (os.getpid(), size, first))
+        if box == b"crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if box == b"raise":
+            raise RuntimeError("boom")
+        if box == b"fail":
+            os.write(2, b"on stderr\n")
+            return 100
+        # a program that outlives the delivery, holding fd 1
+        if box == b"bg" and os.fork() == 0:
+            time.sleep(0.5)
+            os.write(1, b"late\n")
+            os._exit(0)
+        return 0
+
+
+def _request(slot: int, rcpt: bytes, messid: bytes = b"0/7") -> bytes:
+    return bytes((slot, 0)) + messid + b"\0s@x\0\0\0" + rcpt + b"\0"
+
+
+class _Running:
+    def __init__(self, tmp_path, child: _Child) -> None:
+        (tmp_path / "mess" / "0").mkdir(parents=True)
+        (tmp_path / "mess" / "0" / "7").write_bytes(b"Hello world\n")
+        layout = Layout(tmp_path, split=1)
+        cmd_r, self.cmd_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                os.close(self.cmd_w)
+                os.close(self.res_r)
+                sp = spawn.Spawner(layout, child, spawn.lspawn_report, None, cmd_r, res_w)
+                code = sp.serve()
+            finally:
+                os._exit(code)
+        os.close(cmd_r)
+        os.close(res_w)
+        hello = os.read(self.res_r, 2)
+        assert hello == bytes((spawn.SPAWN & 0xFF, spawn.SPAWN >> 8))
+        self.buf = b""
+
+    def send(self, *requests: bytes) -> None:
+        os.write(self.cmd_w, b"".join(requests))
+
+    def results(self, n: int, timeout: float = 10.0) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            assert left > 0, f"only {out} of {n} results"
+            if select.select([self.res_r], [], [], left)[0]:
+                chunk = os.read(self.res_r, 65536)
+                assert chunk
+                self.buf += chunk
+            while (end := self.buf.find(b"\0", 2)) != -1:
+                out[self.buf[0] | (self.buf[1] << 8)] = self.buf[2:end]
+                self.buf = self.buf[end + 1 :]
+        return out
+
+    def close(self) -> int:
+        os.close(self.cmd_w)
+        _pid, status = os.waitpid(self.pid, 0)
+        os.close(self.res_r)
+        return status
+
+
+@pytest.fixture
+def running(tmp_path):
+    r = _Running(tmp_path, _Child())
+    yield r
+    r.close()
+
+
+def _pid(text: bytes) -> int:
+    return int(text.split()[1])
+
+
+def test_sequential_deliveries_share_one_worker(running):
+    pids = set()
+    for _ in range(5):
+        running.send(_request(3, b"ok@x"))
+        text = running.results(1)[3]
+        assert text.startswith(b"Kpid ")
+        assert b"size 12 head Hello" in text
+        pids.add(_pid(text))
+    assert len(pids) == 1  # one warm worker, no fork per delivery
+
+
+def test_reports_as_a_forked_child(running):
+    running.send(_request(1, b"ok@x"), _request(2, b"fail@x"), _request(4, b"raise@x"))
+    res = running.results(3)
+    assert res[1].startswith(b"K") and res[1].endswith(b"\n")
+    assert res[2].startswith(b"D") and res[2].endswith(b"on stderr\n")
+    assert res[4].startswith(b"Z")
+    assert b"internal error in delivery: RuntimeError: boom" in res[4]
+    # concurrent deliveries run in distinct workers, each reading from offset 0
+    assert len({_pid(t[1:]) for t in res.values()}) == 3
+
+
+def test_worker_crash_is_reported_and_replaced(running):
+    running.send(_request(1, b"crash@x"))
+    res = running.results(1)
+    assert res[1] == b"Zqmail-local crashed.\n"
+    running.send(_request(2, b"ok@x"))
+    assert running.results(1)[2].startswith(b"Kpid ")
+
+
+def test_report_waits_for_every_writer(running):
+    running.send(_request(1, b"bg@x"))
+    text = running.results(1)[1]
+    assert text.startswith(b"K") and text.endswith(b"late\n")
+
+
+def test_idle_workers_retire_and_stop_with_the_spawner(tmp_path, monkeypatch):
+    monkeypatch.setattr(spawn, "WORKER_IDLE", 0.0)
+    r = _Running(tmp_path, _Child())
+    try:
+        r.send(_request(1, b"ok@x"))
+        first = _pid(r.results(1)[1][1:])
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{first}") and time.monotonic() < deadline:
+            r.send(_request(2, b"ok@x"))  # wakes the spawner's loop
+            r.results(1)
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{first}")  # exited and reaped
+    finally:
+        status = r.close()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_idle_worker_reaped_while_nothing_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(spawn, "WORKER_IDLE", 0.2)
+    r = _Running(tmp_path, _Child())
+    try:
+        r.send(_request(1, b"ok@x"))
+        pid = _pid(r.results(1)[1][1:])
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}")  # retired, and no zombie left
+    finally:
+        r.close()
+
+
+def test_not_reusable_forks_per_delivery(tmp_path):
+    r = _Running(tmp_path, _Child(reusable=False))
+    try:
+        r.send(_request(1, b"ok@x"))
+        a = _pid(r.results(1)[1][1:])
+        r.send(_request(1, b"ok@x"))
+        b = _pid(r.results(1)[1][1:])
+        assert a != b
+    finally:
+        r.close()
+
+
+def test_workers_gone_after_the_spawner_ends(tmp_path):
+    r = _Running(tmp_path, _Child())
+    r.send(_request(1, b"ok@x"), _request(2, b"ok@x"))
+    pids = [_pid(t[1:]) for t in r.results(2).values()]
+    status = r.close()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}")  # reaped by the spawner
