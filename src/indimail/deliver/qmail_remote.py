@@ -1163,6 +1163,11 @@ def run(
             r.conn.close()
         return 0
     finally:
+        if r.conn is not None:  # a reused delivery worker must not keep it
+            try:
+                r.conn.close()
+            except Exception:
+                pass
         msg = r.msg
         if isinstance(msg, mmap.mmap):
             try:

@@ -770,6 +770,10 @@ def rspawn_child(layout: Layout) -> ChildFn:
         with open(1, "wb", buffering=0, closefd=False) as out:
             return qmail_remote.run(args, 0, out, environ)
 
+    # qmail-rspawn never switches accounts and qmail-remote's run() keeps no
+    # state (it closes its connection and message map itself): every remote
+    # delivery may run in a reused delivery worker
+    run.reusable = lambda _req: True  # type: ignore[attr-defined]
     return run
 
 

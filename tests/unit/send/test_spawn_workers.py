@@ -195,3 +195,10 @@ def test_workers_gone_after_the_spawner_ends(tmp_path):
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}")  # reaped by the spawner
+
+
+def test_remote_deliveries_may_use_workers(tmp_path) -> None:
+    """qmail-rspawn never switches accounts: every remote delivery is reusable."""
+    child = spawn.rspawn_child(Layout(tmp_path, split=1))
+    req = spawn.Request(0, b"0/7", b"s@x", b"", b"", b"r@y.test")
+    assert child.reusable(req) is True
