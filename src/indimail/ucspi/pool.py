@@ -24,7 +24,7 @@ another:
   and then exits instead of serving again.
 * A worker retires after ``TCPSERVER_POOL_MAXUSE`` connections (default
   100), after ``TCPSERVER_POOL_IDLE`` seconds without one (default 5),
-  when ``TCPSERVER_POOL_MAXIDLE`` workers (default 10) already wait, when
+  when ``TCPSERVER_POOL_MAXIDLE`` workers (default 20) already wait, when
   its resident memory grew by more than ``TCPSERVER_POOL_MAXMEM`` MB
   since it started (default 16; a hostile client's 1 MB lines grow the
   heap, which Python keeps), and whenever the listener goes away (EOF on its
@@ -51,7 +51,7 @@ HEADER = struct.Struct("!16sHII")
 STATUS = struct.Struct("!iB")  # exit code, 1 = the worker stays, 0 = it retires
 DEFAULT_MAXUSE = 100
 DEFAULT_IDLE = 5
-DEFAULT_MAXIDLE = 10
+DEFAULT_MAXIDLE = 20
 DEFAULT_MAXMEM = 16  # MB
 
 

@@ -15,8 +15,8 @@ from indimail.ucspi import pool
 @pytest.mark.parametrize(
     ("env", "want"),
     [
-        ({}, (True, 100, 5.0, 10, 16 * 1024)),
-        ({"TCPSERVER_POOL": "0"}, (False, 100, 5.0, 10, 16 * 1024)),
+        ({}, (True, 100, 5.0, 20, 16 * 1024)),
+        ({"TCPSERVER_POOL": "0"}, (False, 100, 5.0, 20, 16 * 1024)),
         (
             {
                 "TCPSERVER_POOL_MAXUSE": "7",
@@ -26,10 +26,10 @@ from indimail.ucspi import pool
             },
             (True, 7, 30.0, 0, 64 * 1024),
         ),
-        ({"TCPSERVER_POOL_MAXUSE": "0", "TCPSERVER_POOL_IDLE": "x"}, (True, 100, 5.0, 10, 16384)),
+        ({"TCPSERVER_POOL_MAXUSE": "0", "TCPSERVER_POOL_IDLE": "x"}, (True, 100, 5.0, 20, 16384)),
         (
             {"TCPSERVER_POOL_MAXUSE": "-3", "TCPSERVER_POOL_IDLE": "99999999"},
-            (True, 100, 5.0, 10, 16384),
+            (True, 100, 5.0, 20, 16384),
         ),
     ],
 )
