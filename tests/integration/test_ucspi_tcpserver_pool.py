@@ -4,12 +4,16 @@ one worker serves connection after connection, and nothing of one session
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import re
 import signal
 import socket
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from smtp_service import SmtpService
 
@@ -138,3 +142,39 @@ def test_workers_end_with_the_listener(instance: Instance, tmp_path: Path) -> No
         assert gone(pid, timeout=5)  # EOF on its socketpair, not a signal
     finally:
         svc.stop()
+
+
+def cram_challenge(port: int) -> tuple[socket.socket, BinaryIO, bytes]:
+    """Connect, EHLO, AUTH CRAM-MD5: (socket, its reader, the challenge)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO client.test\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    s.sendall(b"AUTH CRAM-MD5\r\n")
+    line = f.readline()
+    assert line.startswith(b"334 "), line
+    return s, f, base64.b64decode(line[4:].strip())
+
+
+def test_cram_challenge_never_repeats_in_one_worker(instance: Instance, tmp_path: Path) -> None:
+    """The original's <pid.time@host> would repeat when one worker serves two
+    sessions in one second, and a response seen once could be replayed."""
+    with SmtpService(instance, tmp_path, rules=RULES) as svc:
+        s1, f1, first = cram_challenge(svc.port)
+        good = hmac.new(b"secret", first, hashlib.md5).hexdigest()
+        s1.sendall(base64.b64encode(b"test " + good.encode()) + b"\r\n")
+        assert f1.readline().startswith(b"235 "), first
+        f1.close()
+        s1.close()
+        served_by(svc, 1)
+        s2, f2, second = cram_challenge(svc.port)
+        s2.sendall(base64.b64encode(b"test " + good.encode()) + b"\r\n")  # the replay
+        assert f2.readline().startswith(b"535 "), second
+        f2.close()
+        s2.close()
+        pids = served_by(svc, 2)
+    assert pids[0] == pids[1]
+    assert first != second
+    assert first.startswith(b"<%d." % pids[0]) and first.endswith(b"@mx.example.test>")

@@ -1143,7 +1143,11 @@ class Session:
         return user, password, b""
 
     def auth_cram(self) -> tuple[bytes, bytes, bytes]:
-        challenge = f"<{os.getpid()}.{int(time.time())}@{self.hostname}>".encode()
+        # the original's <pid.time@host> repeats within a second when one
+        # process serves several sessions (tcpserver's worker pool): a
+        # random part keeps every challenge single-use
+        nonce = os.urandom(6).hex()
+        challenge = f"<{os.getpid()}.{nonce}.{int(time.time())}@{self.hostname}>".encode()
         self.reply("334 " + base64.b64encode(challenge).decode())
         blob = self.b64(self.authgetl())
         user, _, resp = blob.partition(b" ")
