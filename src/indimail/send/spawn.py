@@ -293,17 +293,7 @@ class Spawner:
                     _signal.signal(signum, _signal.SIG_DFL)
                 if not self.std_bound:
                     _std_streams()
-                code = self.child(req, st.st_size)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 111
-            except BaseException as exc:  # report, never a traceback
-                try:
-                    os.write(
-                        1, f"internal error in delivery: {type(exc).__name__}: {exc}\n".encode()
-                    )
-                except OSError:
-                    pass
-                code = 111
+                code = self.run_child(req, st.st_size)
             finally:
                 exit_child(code)
         os.close(w)
@@ -312,6 +302,20 @@ class Spawner:
         run = Running(req, pid, r, key=pid)
         self.running[pid] = run
         self.sel.register(r, run)
+
+    def run_child(self, req: Request, size: int) -> int:
+        """The delivery itself (forked child or worker): its exit code, and
+        an error text in the report instead of a traceback."""
+        try:
+            return self.child(req, size)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 111
+        except BaseException as exc:
+            try:
+                os.write(1, f"internal error in delivery: {type(exc).__name__}: {exc}\n".encode())
+            except OSError:
+                pass
+            return 111
 
     # -- delivery workers ----------------------------------------------------
 
@@ -416,20 +420,8 @@ class Spawner:
             os.dup2(w, 2)
             os.close(messfd)
             os.close(w)
-            code = 111
-            try:
-                req, size = pickle.loads(data)
-                code = self.child(req, size)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 111
-            except BaseException as exc:  # report, never a traceback
-                try:
-                    os.write(
-                        1, f"internal error in delivery: {type(exc).__name__}: {exc}\n".encode()
-                    )
-                except OSError:
-                    pass
-                code = 111
+            req, size = pickle.loads(data)
+            code = self.run_child(req, size)
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()

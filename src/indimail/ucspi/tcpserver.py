@@ -715,19 +715,27 @@ class Server:
         if pid == 0:
             code = EXIT_TEMP
             try:
-                code = Child(self, conn, ip16, rport, ipcount).run()
-            except Fatal as exc:
-                self.warn(f"{DROP}{exc.message}")
-                code = exc.code
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else EXIT_TEMP
-            except BaseException as exc:
-                self.warn(f"{DROP}internal error: {type(exc).__name__}: {exc}")
-                code = EXIT_TEMP
+                code = self.session(conn, ip16, rport, ipcount, pooled=False)[0]
             finally:
                 exit_child(code)
         self.children[pid] = ip16
         conn.close()
+
+    def session(
+        self, conn: socket.socket, ip16: bytes, rport: int, ipcount: int, pooled: bool
+    ) -> tuple[int, bool]:
+        """Serve one connection (in a forked child or a pool worker):
+        (exit code, False if something unexpected happened)."""
+        try:
+            return Child(self, conn, ip16, rport, ipcount).run(pooled=pooled), True
+        except Fatal as exc:
+            self.warn(f"{DROP}{exc.message}")
+            return exc.code, True
+        except SystemExit as exc:
+            return (exc.code if isinstance(exc.code, int) else EXIT_TEMP), True
+        except BaseException as exc:
+            self.warn(f"{DROP}internal error: {type(exc).__name__}: {exc}")
+            return EXIT_TEMP, False
 
     # the worker pool (ucspi/pool.py)
     def to_worker(self, conn: socket.socket, ip16: bytes, rport: int, ipcount: int) -> bool:
@@ -774,17 +782,7 @@ class Server:
                 header, conn = got
                 ip16, rport, ipcount, active = pool.HEADER.unpack(header)
                 self.children = dict.fromkeys(range(-2, -1 - active, -1), b"")
-                stays = True
-                try:
-                    code = Child(self, conn, ip16, rport, ipcount).run(pooled=True)
-                except Fatal as exc:
-                    self.warn(f"{DROP}{exc.message}")
-                    code = exc.code
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else EXIT_TEMP
-                except BaseException as exc:
-                    self.warn(f"{DROP}internal error: {type(exc).__name__}: {exc}")
-                    code, stays = EXIT_TEMP, False
+                code, stays = self.session(conn, ip16, rport, ipcount, pooled=True)
                 try:
                     conn.close()
                 except OSError:
