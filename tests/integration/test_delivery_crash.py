@@ -1,7 +1,8 @@
 """Crash safety of delivery: SIGKILL qmail-send and delivery children at random.
 
-500 messages to a local Maildir; while they are delivered the test kills
-qmail-send (the whole queue's process) or one running delivery child with
+1000 messages to a local Maildir; while they are delivered the test kills
+qmail-send (the whole queue's process) or one running delivery child (a
+delivery worker in a rootless instance) with
 SIGKILL at random moments and restarts qmail-start.  Afterwards every
 message is delivered at least once and the queue is empty.  Duplicates are
 possible only in the window the original has too (delivery done, the queue
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-N = 500
+N = 1000
 KILL_PHASE = 40.0  # seconds of random kills
 SETTLE = 120.0  # seconds to finish afterwards
 
@@ -64,7 +65,7 @@ def pending(instance) -> int:
     return len(instance.files("info")) + len(instance.files("todo"))
 
 
-def test_sigkill_during_500_deliveries(instance):
+def test_sigkill_during_1000_deliveries(instance):
     home = instance.top / "home" / "crashuser"
     for sub in ("cur", "new", "tmp"):
         (home / "Maildir" / sub).mkdir(parents=True)
@@ -86,7 +87,7 @@ def test_sigkill_during_500_deliveries(instance):
     try:
         deadline = time.monotonic() + KILL_PHASE
         while time.monotonic() < deadline and pending(instance):
-            time.sleep(rng.uniform(0.02, 0.25))
+            time.sleep(rng.uniform(0.01, 0.12))
             q = rng.choice(queues)
             proc = procs[q]
             if rng.random() < 0.5:
