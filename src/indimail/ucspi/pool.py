@@ -24,7 +24,10 @@ another:
   and then exits instead of serving again.
 * A worker retires after ``TCPSERVER_POOL_MAXUSE`` connections (default
   100), after ``TCPSERVER_POOL_IDLE`` seconds without one (default 5),
-  when ``TCPSERVER_POOL_MAXIDLE`` workers (default 20) already wait, when
+  when ``TCPSERVER_POOL_MAXIDLE`` workers (default 20) already wait or
+  more than ``TCPSERVER_POOL_MAX`` workers (default 24) exist (beyond
+  that, each connection gets a worker of its own that ends with it: a
+  fresh fork is smaller than a worker that served many), when
   its resident memory grew by more than ``TCPSERVER_POOL_MAXMEM`` MB
   since it started (default 16; a hostile client's 1 MB lines grow the
   heap, which Python keeps), and whenever the listener goes away (EOF on its
@@ -52,17 +55,19 @@ STATUS = struct.Struct("!iB")  # exit code, 1 = the worker stays, 0 = it retires
 DEFAULT_MAXUSE = 100
 DEFAULT_IDLE = 5
 DEFAULT_MAXIDLE = 20
+DEFAULT_MAX = 24
 DEFAULT_MAXMEM = 16  # MB
 
 
 class Settings:
-    __slots__ = ("enabled", "idle", "maxidle", "maxmem_kb", "maxuse")
+    __slots__ = ("enabled", "idle", "maxidle", "maxmem_kb", "maxuse", "maxworkers")
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.enabled = environ.get("TCPSERVER_POOL", "1").strip() not in ("0", "no", "")
         self.maxuse = _number(environ, "TCPSERVER_POOL_MAXUSE", DEFAULT_MAXUSE, 1, 1_000_000)
         self.idle = float(_number(environ, "TCPSERVER_POOL_IDLE", DEFAULT_IDLE, 0, 86400))
         self.maxidle = _number(environ, "TCPSERVER_POOL_MAXIDLE", DEFAULT_MAXIDLE, 0, 100_000)
+        self.maxworkers = _number(environ, "TCPSERVER_POOL_MAX", DEFAULT_MAX, 0, 100_000)
         self.maxmem_kb = 1024 * _number(
             environ, "TCPSERVER_POOL_MAXMEM", DEFAULT_MAXMEM, 1, 1 << 20
         )
@@ -94,6 +99,7 @@ class Pool:
         self.sel = sel
         self.maxuse = settings.maxuse
         self.maxidle = settings.maxidle
+        self.maxworkers = settings.maxworkers
         self.idle_timeout = settings.idle
         self.workers: dict[int, Worker] = {}  # pid -> worker
         self.idle: list[Worker] = []  # most recently used last: reuse the warmest
@@ -123,6 +129,7 @@ class Pool:
             child_main(theirs)
             os._exit(0)  # pragma: no cover - child_main never returns
         theirs.close()
+        mine.setblocking(False)  # an event already handled must not block us
         w = Worker(pid, mine)
         self.workers[pid] = w
         self.sel.register(mine, selectors.EVENT_READ, w)
@@ -160,7 +167,12 @@ class Pool:
             return None
         code, stays = STATUS.unpack(data)
         w.busy = False
-        if stays and w.uses < self.maxuse and len(self.idle) < self.maxidle:
+        if (
+            stays
+            and w.uses < self.maxuse
+            and len(self.idle) < self.maxidle
+            and len(self.workers) <= self.maxworkers
+        ):
             w.idle_since = time.monotonic()
             self.idle.append(w)
             return code, True

@@ -743,7 +743,16 @@ class Server:
         assert self.pool is not None
         header = pool.HEADER.pack(ip16, rport, ipcount, len(self.children) + 1)
         for _ in range(2):  # an idle worker may have just exited: one more try
-            w = self.pool.take_idle() or self.pool.spawn(self.worker_main, conn)
+            w = self.pool.take_idle()
+            if w is None:
+                # a worker may have answered since this loop last looked: the
+                # client of a finished session often reconnects before the
+                # listener has read that answer, and forking a worker for
+                # it would grow the pool to twice the concurrency
+                for key, _ in self.pool.sel.select(0):
+                    if isinstance(key.data, pool.Worker):
+                        self.worker_done(key.data)
+                w = self.pool.take_idle() or self.pool.spawn(self.worker_main, conn)
             if w is None:
                 return False
             if self.pool.dispatch(w, conn, header):

@@ -15,27 +15,31 @@ from indimail.ucspi import pool
 @pytest.mark.parametrize(
     ("env", "want"),
     [
-        ({}, (True, 100, 5.0, 20, 16 * 1024)),
-        ({"TCPSERVER_POOL": "0"}, (False, 100, 5.0, 20, 16 * 1024)),
+        ({}, (True, 100, 5.0, 20, 16 * 1024, 24)),
+        ({"TCPSERVER_POOL": "0"}, (False, 100, 5.0, 20, 16 * 1024, 24)),
         (
             {
                 "TCPSERVER_POOL_MAXUSE": "7",
                 "TCPSERVER_POOL_IDLE": "30",
                 "TCPSERVER_POOL_MAXIDLE": "0",
                 "TCPSERVER_POOL_MAXMEM": "64",
+                "TCPSERVER_POOL_MAX": "3",
             },
-            (True, 7, 30.0, 0, 64 * 1024),
+            (True, 7, 30.0, 0, 64 * 1024, 3),
         ),
-        ({"TCPSERVER_POOL_MAXUSE": "0", "TCPSERVER_POOL_IDLE": "x"}, (True, 100, 5.0, 20, 16384)),
+        (
+            {"TCPSERVER_POOL_MAXUSE": "0", "TCPSERVER_POOL_IDLE": "x"},
+            (True, 100, 5.0, 20, 16384, 24),
+        ),
         (
             {"TCPSERVER_POOL_MAXUSE": "-3", "TCPSERVER_POOL_IDLE": "99999999"},
-            (True, 100, 5.0, 20, 16384),
+            (True, 100, 5.0, 20, 16384, 24),
         ),
     ],
 )
 def test_settings(env: dict[str, str], want: tuple) -> None:
     s = pool.Settings(env)
-    assert (s.enabled, s.maxuse, s.idle, s.maxidle, s.maxmem_kb) == want
+    assert (s.enabled, s.maxuse, s.idle, s.maxidle, s.maxmem_kb, s.maxworkers) == want
 
 
 BIG = 1 << 30  # the test process itself is no small fresh worker
