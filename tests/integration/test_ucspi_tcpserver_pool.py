@@ -178,3 +178,40 @@ def test_cram_challenge_never_repeats_in_one_worker(instance: Instance, tmp_path
     assert pids[0] == pids[1]
     assert first != second
     assert first.startswith(b"<%d." % pids[0]) and first.endswith(b"@mx.example.test>")
+
+
+def test_concurrent_clients_reuse_as_many_workers_as_they_need(
+    instance: Instance, tmp_path: Path
+) -> None:
+    """5 clients, each reconnecting at once after its 221, 10 times: the
+    listener reads a worker's answer before it would fork another, so about
+    5 workers serve all 50 sessions (not one per reconnect)."""
+    import threading
+
+    with SmtpService(instance, tmp_path, rules=RULES) as svc:
+        replies: list[str] = []
+
+        def client() -> None:
+            for _ in range(10):
+                replies.append(session(svc.port, "127.0.0.1", "user@mx.example.test")[3])
+
+        threads = [threading.Thread(target=client) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        pids = served_by(svc, 50, timeout=60)
+    assert replies == ["250 ok"] * 50
+    assert len(set(pids)) <= 7, sorted(set(pids))
+
+
+def test_pool_max_zero_gives_each_session_its_own_worker(
+    instance: Instance, tmp_path: Path
+) -> None:
+    with SmtpService(instance, tmp_path, rules=RULES, env={"TCPSERVER_POOL_MAX": "0"}) as svc:
+        for n in (1, 2):
+            session(svc.port, "127.0.0.1", "user@mx.example.test")
+            served_by(svc, n)
+        first, second = served_by(svc, 2)
+        assert first != second
+        assert gone(first)
