@@ -34,6 +34,9 @@ MAX_COMMAND = 1 << 20
 # deliveries, then is retired, as is one idle this long.
 WORKER_JOBS = 1000
 WORKER_IDLE = 5.0
+# workers kept beyond their delivery; with more deliveries at once, the
+# extra workers end with theirs (memory: ~2-3 MB Pss each)
+WORKER_MAX = 10
 WORKER_MAX_JOB = 1 << 16  # bigger requests go to a forked child
 
 
@@ -325,6 +328,14 @@ class Spawner:
         job = pickle.dumps((req, size), protocol=pickle.HIGHEST_PROTOCOL)
         if len(job) > WORKER_MAX_JOB:
             return False
+        if not self.idle:
+            # a worker may have answered since the loop last looked (the
+            # events of one select() are handled in turn): reading those
+            # answers first keeps the pool at the concurrency instead of
+            # forking a worker per delivery that arrives meanwhile
+            for what in self.sel.select(0):
+                if type(what) is _Worker:
+                    self.worker_event(what)
         worker = self.idle.pop() if self.idle else self.new_worker(messfd)
         if worker is None:
             return False
@@ -448,7 +459,7 @@ class Spawner:
             if run is not None:
                 run.wstatus = int.from_bytes(data, "little") << 8  # as an exit status
                 self.finish_if_done(run)
-            if worker.jobs >= WORKER_JOBS:
+            if worker.jobs >= WORKER_JOBS or len(self.workers) > WORKER_MAX:
                 self.retire(worker)  # it exits now
             else:
                 worker.idle_since = time.monotonic()

@@ -126,8 +126,10 @@ def test_reports_as_a_forked_child(running):
     assert res[2].startswith(b"D") and res[2].endswith(b"on stderr\n")
     assert res[4].startswith(b"Z")
     assert b"internal error in delivery: RuntimeError: boom" in res[4]
-    # concurrent deliveries run in distinct workers, each reading from offset 0
-    assert len({_pid(t[1:]) for t in res.values()}) == 3
+    # each delivery reads its message from offset 0, in whichever worker ran
+    # it (one that has answered is reused at once: at most 3 workers)
+    assert all(b" head Hello" in t for t in res.values()), res
+    assert len({_pid(t[1:]) for t in res.values()}) <= 3
 
 
 def test_worker_crash_is_reported_and_replaced(running):
