@@ -36,7 +36,7 @@ WORKER_JOBS = 1000
 WORKER_IDLE = 5.0
 # workers kept beyond their delivery; with more deliveries at once, the
 # extra workers end with theirs (memory: ~2-3 MB Pss each)
-WORKER_MAX = 10
+WORKER_MAX = 20  # the default concurrencyremote; concurrencylocal is 10
 WORKER_MAX_JOB = 1 << 16  # bigger requests go to a forked child
 
 
