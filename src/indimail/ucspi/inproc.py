@@ -139,6 +139,11 @@ def run_or_exec(argv: list[str], who: str = "") -> int:
     name = command_name(argv[0])
     if name is None:
         exec_program(argv, who)
+    return run_command(name, argv)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run our command ``name`` in this process with ``argv``; its exit code."""
     from indimail import cli
 
     sys.argv = list(argv)

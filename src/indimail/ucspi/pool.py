@@ -213,6 +213,15 @@ class Pool:
 
 # -- the worker's side ------------------------------------------------------------
 
+# _signal's own functions: signal.getsignal/signal turn every handler into
+# an enum member (a failed lookup and an exception for each function), which
+# costs more than the calls themselves, sixty-odd times per session
+try:
+    from _signal import getsignal as _getsignal
+    from _signal import signal as _setsignal
+except ImportError:  # pragma: no cover - not CPython
+    _getsignal, _setsignal = signal.getsignal, signal.signal
+
 
 def _open_fds() -> set[int] | None:
     for d in ("/proc/self/fd", "/dev/fd"):
@@ -223,17 +232,29 @@ def _open_fds() -> set[int] | None:
     return None
 
 
+def _environ_data() -> dict[bytes, bytes]:
+    """The bytes mapping behind ``os.environ`` (POSIX CPython keeps one)."""
+    return os.environ._data  # type: ignore[attr-defined]
+
+
+_PAGE_KB = max(os.sysconf("SC_PAGE_SIZE") // 1024, 1) if hasattr(os, "sysconf") else 4
+
+
 def resident_kb() -> int | None:
     """Resident memory of this process in KiB (``/proc/self/statm``), else None.
 
     Growth of the resident set since the worker started is what a session
     left allocated: copy-on-write faults replace pages but add none."""
     try:
-        with open("/proc/self/statm", "rb") as f:
-            fields = f.read(256).split()
-        return int(fields[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 256).split()[1]) * _PAGE_KB
     except (OSError, IndexError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 class Baseline:
@@ -241,7 +262,9 @@ class Baseline:
 
     def __init__(self, maxmem_kb: int = DEFAULT_MAXMEM * 1024) -> None:
         self.maxmem_kb = maxmem_kb
-        self.environ = dict(os.environ)
+        # os.environ's own bytes mapping: compared and mended without
+        # decoding every name and value after each session
+        self.environ: dict[bytes, bytes] = dict(_environ_data())
         self.cwd = os.getcwd()
         self.umask = os.umask(0o022)
         os.umask(self.umask)
@@ -250,7 +273,7 @@ class Baseline:
         self.signals: dict[int, object] = {}
         for sig in signal.valid_signals():
             try:
-                handler = signal.getsignal(sig)
+                handler = _getsignal(sig)
             except (OSError, ValueError):
                 continue
             if handler is not None:
@@ -262,6 +285,18 @@ class Baseline:
         self.paths = paths._PATHS
         self.fds = _open_fds()
         self.resident = resident_kb()
+
+    def _restore_environ(self) -> None:
+        data = _environ_data()
+        if data == self.environ:
+            return
+        for name in [n for n in data if n not in self.environ]:
+            os.unsetenv(name)
+            del data[name]
+        for name, value in self.environ.items():
+            if data.get(name) != value:
+                os.putenv(name, value)
+                data[name] = value
 
     def restore(self) -> bool:
         """Put everything back; False if the worker must not serve again."""
@@ -284,16 +319,11 @@ class Baseline:
             pass
         for sig, handler in self.signals.items():
             try:
-                if signal.getsignal(sig) is not handler:
-                    signal.signal(sig, handler)  # type: ignore[arg-type]
+                if _getsignal(sig) is not handler:
+                    _setsignal(sig, handler)
             except (OSError, ValueError, TypeError):
                 clean = False
-        env = os.environ
-        for name in [n for n in env if n not in self.environ]:
-            del env[name]
-        for name, value in self.environ.items():
-            if env.get(name) != value:
-                env[name] = value
+        self._restore_environ()
         try:
             if os.getcwd() != self.cwd:
                 os.chdir(self.cwd)

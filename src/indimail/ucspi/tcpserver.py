@@ -895,9 +895,9 @@ class Child:
         fd = self.conn.fileno()
         os.dup2(fd, 0)
         os.dup2(fd, 1)
-        return self.run_program(context.Connection(self.conn))
+        return self.run_program(context.Connection(self.conn), pooled)
 
-    def run_program(self, conn: context.Connection | None) -> int:
+    def run_program(self, conn: context.Connection | None, pooled: bool = False) -> int:
         argv = self.s.argv
         if self.s.ours is None:
             if conn is not None and conn.sock is not None:
@@ -905,6 +905,8 @@ class Child:
             inproc.exec_program(argv, "tcpserver")
         context.set_current(conn)
         inproc.setup_stdio()
+        if pooled:  # the listener resolved the program when it made the pool
+            return inproc.run_command(self.s.ours, argv)
         return inproc.run_or_exec(argv, "tcpserver")
 
     def banner(self) -> None:

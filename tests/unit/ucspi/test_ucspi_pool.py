@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -102,6 +103,15 @@ def test_restore_puts_back_what_a_session_changed(tmp_path) -> None:
             "paths": paths._PATHS is before_paths,
             "context": context.current() is None,
             "fd0": os.path.realpath(f"/proc/self/fd/{0}") == "/dev/null",
+            # what a program exec'd from the next session inherits (the C
+            # environment, not only the os.environ mapping)
+            "exec_env": sorted(
+                line
+                for line in subprocess.run(
+                    ["env"], capture_output=True, text=True, check=True
+                ).stdout.splitlines()
+                if line.split("=", 1)[0] in ("KEEP", "CHANGE", "ADDED")
+            ),
         }
 
     got = in_child(body)
@@ -117,6 +127,7 @@ def test_restore_puts_back_what_a_session_changed(tmp_path) -> None:
         "paths": True,
         "context": True,
         "fd0": True,
+        "exec_env": ["CHANGE=old", "KEEP=1"],
     }
 
 
