@@ -89,6 +89,7 @@ EXCLUDES: dict[str, str] = {
         "hypothesis",
         "nox",
         "multiprocessing",
+        "ctypes",
     )
 }
 # concurrent.futures.ProcessPoolExecutor needs multiprocessing too.
@@ -96,7 +97,8 @@ EXCLUDES["multiprocessing"] += r"|ProcessPoolExecutor"
 
 # Windows-only modules of bundled packages, left out elsewhere: dns.resolver
 # imports dns.win32util only on Windows, and it pulls in ctypes; whenever
-# ctypes is bundled, PyInstaller's bootstrap imports it at every start (~2 ms).
+# ctypes is bundled, PyInstaller's bootstrap imports it at every start (~3 ms;
+# daemontools/service.py calls prctl through _ctypes for that reason).
 WINDOWS_ONLY = ("dns.win32util",)
 
 # PyInstaller runtime hooks that run at *every* start, and what in our code

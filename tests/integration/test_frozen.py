@@ -218,3 +218,52 @@ def test_sendmail_qread_qstat_without_python(frozen: Path, tmp_path: Path) -> No
     assert re.search(r"messages in queue but not yet preprocessed: 1$", out, re.MULTILINE), text(
         res
     )
+
+
+def test_frozen_supervise_keeps_a_double_forking_daemon(frozen: Path, tmp_path: Path) -> None:
+    """Sticky ``run``: the frozen supervise becomes a child subreaper (prctl
+    through _ctypes; the ctypes package is not in the binary) and monitors
+    the daemon that ``run`` left behind."""
+    import time
+
+    assert not (frozen / "_internal" / "ctypes").exists(), "ctypes is bundled again"
+    svc = tmp_path / "svc"
+    svc.mkdir()
+    pidfile = tmp_path / "daemon.pid"
+    (svc / "run").write_text(f"#!/bin/sh\nsh -c 'sleep 1004.5 & echo $! > {pidfile}'\nexit 0\n")
+    os.chmod(svc / "run", 0o1755)
+    env = {"PATH": "/usr/bin:/bin"}
+    sup = subprocess.Popen(
+        [str(frozen / "bin" / "supervise"), "svc"],  # relative, as the original wants
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    daemon = 0
+    try:
+        deadline = time.monotonic() + 10
+        shown = ""
+        while time.monotonic() < deadline:
+            if pidfile.is_file() and pidfile.read_text().strip():
+                daemon = int(pidfile.read_text())
+                res = run([frozen / "bin" / "svstat", svc], tmp_path, env=env)
+                shown = res.stdout.decode()
+                if f"(pid {daemon})" in shown or f" pid {daemon} " in shown:
+                    break
+            time.sleep(0.1)
+        assert daemon and str(daemon) in shown, shown
+    finally:
+        run([frozen / "bin" / "svc", "-dx", svc], tmp_path, env=env)
+        if daemon:
+            try:
+                os.kill(daemon, 9)
+            except ProcessLookupError:
+                pass
+        try:
+            sup.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sup.kill()
+            sup.wait()
+    err = sup.stderr.read().decode() if sup.stderr else ""
+    assert "Traceback" not in err and "internal error" not in err, err
