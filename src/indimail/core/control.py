@@ -16,10 +16,13 @@ import errno
 import os
 import stat
 import time
-from pathlib import Path
 
 from indimail.core import paths as _paths
 from indimail.core.errors import Fatal
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # Temporary "config unreadable" exit code of qmail-queue and friends.
 EXIT_CONFIG = 55
@@ -34,9 +37,11 @@ class ControlError(Fatal):
 
 def control_path(name: str, controldir: Path | None = None) -> Path:
     """Where control ``name`` lives."""
+    from pathlib import Path  # not at the top: see core/paths (start cost)
+
     if name.startswith(("/", ".")):
         return Path(name)
-    return (controldir or _paths.get().controldir) / name
+    return Path(controldir or _paths.places().controldir) / name
 
 
 # Contents of control files, kept per process and validated on every read by
@@ -60,7 +65,7 @@ def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 def _str_path(name: str, controldir: Path | None) -> str:
     if name.startswith(("/", ".")):
         return name
-    return f"{controldir or _paths.get().controldir}/{name}"
+    return f"{controldir or _paths.places().controldir}/{name}"
 
 
 def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | None:

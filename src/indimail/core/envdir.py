@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from indimail.core.errors import Fatal
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
+    from pathlib import Path
 
 MAX_VALUE = 256  # envdir reads at most this much of a file
 
 
-def read_envdir(directory: Path) -> dict[str, str | None]:
+def read_envdir(directory: str | Path) -> dict[str, str | None]:
     """NAME -> value (None = unset) for each file in ``directory``."""
     result: dict[str, str | None] = {}
     try:
@@ -32,7 +32,7 @@ def read_envdir(directory: Path) -> dict[str, str | None]:
             continue
         if "=" in name:
             raise Fatal(111, f"{directory}/{name}: invalid name for an environment variable")
-        path = directory / name
+        path = os.path.join(directory, name)
         try:
             with open(path, "rb") as fh:
                 data = fh.read(MAX_VALUE)
@@ -48,7 +48,7 @@ def read_envdir(directory: Path) -> dict[str, str | None]:
     return result
 
 
-def apply_envdir(directory: Path, environ: MutableMapping[str, str]) -> None:
+def apply_envdir(directory: str | Path, environ: MutableMapping[str, str]) -> None:
     """Set/unset variables of ``directory`` in ``environ``."""
     for name, value in read_envdir(directory).items():
         if value is None:
@@ -58,7 +58,7 @@ def apply_envdir(directory: Path, environ: MutableMapping[str, str]) -> None:
 
 
 def apply_defaultqueue(
-    controldir: Path, environ: MutableMapping[str, str] | None = None, root_rc: bool = True
+    controldir: str | Path, environ: MutableMapping[str, str] | None = None, root_rc: bool = True
 ) -> bool:
     """Apply ``$HOME/.defaultqueue/`` then ``CONTROLDIR/defaultqueue/``.
 
@@ -71,8 +71,8 @@ def apply_defaultqueue(
     applied = False
     home = environ.get("HOME")
     if not environ.get("SKIP_LOCAL_ENVIRONMENT") and home and (os.getuid() != 0 or root_rc):
-        local = Path(home) / ".defaultqueue"
-        if os.access(local, os.X_OK) and local.is_dir():
+        local = os.path.join(home, ".defaultqueue")
+        if os.access(local, os.X_OK) and os.path.isdir(local):
             try:
                 apply_envdir(local, environ)
                 applied = True
@@ -80,7 +80,7 @@ def apply_defaultqueue(
                 # The user's own settings: warn and go on, as the original.
                 sys.stderr.write(f"warning: {exc.message}\n")
     if not environ.get("QUEUE_BASE"):
-        system = controldir / "defaultqueue"
+        system = os.path.join(controldir, "defaultqueue")
         try:
             os.stat(system)
         except FileNotFoundError:
@@ -140,6 +140,8 @@ def envdir_operations(
     its own files win.  A directory seen before (same inode) is skipped,
     which stops loops.  Other dot files are skipped.
     """
+    from pathlib import Path  # the envdir command only (start cost, core/paths)
+
     seen = set() if _seen is None else _seen
     try:
         st = os.stat(directory)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from indimail.core.errors import Fatal
 from indimail.core.record import Record
@@ -32,6 +31,13 @@ from indimail.core.record import Record
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
+
+# pathlib is imported only where a Path is made (load()): with its imports
+# (re, enum, functools, urllib.parse, ipaddress...) it costs a command about
+# 10 ms at start, a third of a frozen sendmail.  The commands that start once
+# per message (sendmail, qmail-inject, qmail-queue) use places(), the same
+# settings as plain strings.
 
 PATHS_FILE = "indimail-paths.conf"
 
@@ -104,7 +110,7 @@ def platform_defaults(platform: str | None = None) -> dict[str, str]:
     return dict(_LINUX)
 
 
-def parse_paths_file(path: Path) -> dict[str, str]:
+def parse_paths_file(path: str | Path) -> dict[str, str]:
     """Read ``KEY=value`` lines; ``#`` comments and blank lines are skipped.
 
     A line that is not ``KEY=value`` is an error naming the file and line,
@@ -112,7 +118,8 @@ def parse_paths_file(path: Path) -> dict[str, str]:
     """
     values: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
     except OSError as exc:
         raise Fatal(111, f"unable to read paths file {path}: {exc.strerror}") from None
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -130,18 +137,35 @@ def parse_paths_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _candidate_files(environ: Mapping[str, str], argv0: str | None) -> list[Path]:
+def _candidate_files(environ: Mapping[str, str], argv0: str | None) -> list[str]:
     explicit = environ.get("INDIMAIL_PATHS")
     if explicit:
-        return [Path(explicit)]
-    found: list[Path] = []
+        return [explicit]
+    found: list[str] = []
     if argv0 and os.sep in argv0:
-        found.append(Path(os.path.abspath(argv0)).parent.parent / PATHS_FILE)
+        # DIR/bin/NAME -> DIR/indimail-paths.conf, symlinks not resolved
+        found.append(os.path.join(_parent(_parent(os.path.abspath(argv0))), PATHS_FILE))
     if getattr(sys, "frozen", False):
-        found.append(Path(sys.executable).resolve().parent / PATHS_FILE)
+        found.append(os.path.join(os.path.dirname(os.path.realpath(sys.executable)), PATHS_FILE))
     else:
-        found.append(Path(__file__).resolve().parent.parent / PATHS_FILE)
+        found.append(os.path.join(_parent(os.path.dirname(os.path.realpath(__file__))), PATHS_FILE))
     return found
+
+
+def norm_path(path: str) -> str:
+    """What ``str(Path(path))`` gives (no doubled or trailing slashes, no
+    ``.`` parts), without pathlib; "" stays ""."""
+    if not path:
+        return path
+    lead = "/" if path.startswith("/") else ""
+    if path.startswith("//") and not path.startswith("///"):
+        lead = "//"  # POSIX leaves the meaning of exactly two to the system
+    return lead + "/".join(p for p in path.split("/") if p and p != ".") or lead or "."
+
+
+def _parent(path: str) -> str:
+    """Path.parent of an absolute path, as a string."""
+    return os.path.dirname(path.rstrip("/")) or "/"
 
 
 def _int(values: Mapping[str, str], key: str, default: int, where: str) -> int:
@@ -253,16 +277,11 @@ class Paths(Record):
         """QUEUE_BASE: env/file, else control ``queue_base``, else QMAILHOME/queue."""
         if self.queue_base_env is not None:
             return self.queue_base_env
-        ctl = self.controldir / "queue_base"
-        try:
-            with open(ctl, "rb") as fh:
-                first = fh.readline().rstrip(b" \t\r\n")
-        except FileNotFoundError:
-            first = b""
-        except OSError as exc:
-            raise Fatal(55, f"unable to read {ctl}: {exc.strerror}") from None
+        first = _queue_base_control(self.controldir)
         if first:
-            return Path(os.fsdecode(first))
+            from pathlib import Path
+
+            return Path(first)
         return self.qmailhome / "queue"
 
     def queue_dirs(self) -> list[Path]:
@@ -273,10 +292,11 @@ class Paths(Record):
         ]
 
 
-def load(
-    environ: Mapping[str, str] | None = None, argv0: str | None = None, platform: str | None = None
-) -> Paths:
-    """Build the Paths object from defaults, the paths file and ``environ``."""
+def _values(
+    environ: Mapping[str, str] | None, argv0: str | None, platform: str | None
+) -> tuple[dict[str, str], str | None]:
+    """The settings (defaults, then the paths file, then the environment)
+    and the paths file used; strings only, nothing imported."""
     if environ is None:
         environ = os.environ
     if argv0 is None and sys.argv:
@@ -284,7 +304,7 @@ def load(
     values = platform_defaults(platform)
     source = None
     for candidate in _candidate_files(environ, argv0):
-        if candidate.is_file():
+        if os.path.isfile(candidate):
             values.update(parse_paths_file(candidate))
             source = candidate
             break
@@ -293,47 +313,152 @@ def load(
     for key in KEYS:
         if environ.get(key):
             values[key] = environ[key]
-    where = str(source) if source else "environment"
-
-    def p(key: str, default: str) -> Path:
-        return Path(values.get(key) or default)
-
-    prefix = p("PREFIX", "/usr")
-    sysconfdir = p("SYSCONFDIR", "/etc/indimail")
-    qmailhome = p("QMAILHOME", "/var/indimail")
-    users = {role: values.get(f"USER_{role.upper()}", role) for role in USER_ROLES}
-    groups = {role: values.get(f"GROUP_{role.upper()}", role) for role in GROUP_ROLES}
+    where = source or "environment"
+    prefix = norm_path(values.get("PREFIX") or "/usr")
+    sysconfdir = norm_path(values.get("SYSCONFDIR") or "/etc/indimail")
     split = _int(values, "CONFSPLIT", DIRSPLIT, where)
     if split < 1:
         raise Fatal(111, f"CONFSPLIT={split} must be at least 1 ({where})")
-    return Paths(
-        prefix=prefix,
-        bindir=p("BINDIR", str(prefix / "bin")),
-        sbindir=p("SBINDIR", str(prefix / "sbin")),
-        qmailhome=qmailhome,
-        sysconfdir=sysconfdir,
-        controldir=p("CONTROLDIR", str(sysconfdir / "control")),
-        shareddir=p("SHAREDDIR", "/usr/share/indimail"),
-        libexecdir=p("LIBEXECDIR", "/usr/libexec/indimail"),
-        servicedir=p("SERVICEDIR", "/service"),
-        logdir=p("LOGDIR", "/var/log/svc"),
-        rundir=p("RUNDIR", "/run"),
-        queue_base_env=Path(values["QUEUE_BASE"]) if values.get("QUEUE_BASE") else None,
-        queue_count=_int(values, "QUEUE_COUNT", 5, where),
-        queue_start=_int(values, "QUEUE_START", 1, where),
-        assigndir=p("ASSIGNDIR", str(sysconfdir / "users")),
-        certdir=p("CERTDIR", str(sysconfdir / "certs")),
-        plugindir=p("PLUGINDIR", str(prefix / "lib/indimail/plugins")),
-        conf_split=min(split, DIRSPLIT),
-        bigtodo=_int(values, "BIGTODO", 0, where),
-        users=users,
-        groups=groups,
-        source=source,
-        rootless=values.get("ROOTLESS", "") not in ("", "0"),
+
+    def dirs(key: str, default: str) -> str:
+        return norm_path(values.get(key) or default)
+
+    out = {
+        "prefix": prefix,
+        "bindir": dirs("BINDIR", f"{prefix}/bin"),
+        "sbindir": dirs("SBINDIR", f"{prefix}/sbin"),
+        "qmailhome": dirs("QMAILHOME", "/var/indimail"),
+        "sysconfdir": sysconfdir,
+        "controldir": dirs("CONTROLDIR", f"{sysconfdir}/control"),
+        "shareddir": dirs("SHAREDDIR", "/usr/share/indimail"),
+        "libexecdir": dirs("LIBEXECDIR", "/usr/libexec/indimail"),
+        "servicedir": dirs("SERVICEDIR", "/service"),
+        "logdir": dirs("LOGDIR", "/var/log/svc"),
+        "rundir": dirs("RUNDIR", "/run"),
+        "queue_base_env": norm_path(values.get("QUEUE_BASE") or ""),
+        "queue_count": _int(values, "QUEUE_COUNT", 5, where),
+        "queue_start": _int(values, "QUEUE_START", 1, where),
+        "assigndir": dirs("ASSIGNDIR", f"{sysconfdir}/users"),
+        "certdir": dirs("CERTDIR", f"{sysconfdir}/certs"),
+        "plugindir": dirs("PLUGINDIR", f"{prefix}/lib/indimail/plugins"),
+        "conf_split": min(split, DIRSPLIT),
+        "bigtodo": _int(values, "BIGTODO", 0, where),
+        "users": {role: values.get(f"USER_{role.upper()}", role) for role in USER_ROLES},
+        "groups": {role: values.get(f"GROUP_{role.upper()}", role) for role in GROUP_ROLES},
+        "rootless": values.get("ROOTLESS", "") not in ("", "0"),
+    }
+    return out, source
+
+
+_DIR_FIELDS = (
+    "prefix",
+    "bindir",
+    "sbindir",
+    "qmailhome",
+    "sysconfdir",
+    "controldir",
+    "shareddir",
+    "libexecdir",
+    "servicedir",
+    "logdir",
+    "rundir",
+    "assigndir",
+    "certdir",
+    "plugindir",
+)
+
+
+def load(
+    environ: Mapping[str, str] | None = None, argv0: str | None = None, platform: str | None = None
+) -> Paths:
+    """Build the Paths object from defaults, the paths file and ``environ``."""
+    from pathlib import Path
+
+    values, source = _values(environ, argv0, platform)
+    kw: dict = dict(values)
+    for name in _DIR_FIELDS:
+        kw[name] = Path(values[name])
+    kw["queue_base_env"] = Path(values["queue_base_env"]) if values["queue_base_env"] else None
+    kw["source"] = Path(source) if source else None
+    return Paths(**kw)
+
+
+class Places(Record):
+    """What the commands that start once per message need of :class:`Paths`,
+    as plain strings (no pathlib): the control directory, the queues and
+    the role names.  Same sources, same precedence as :func:`load`."""
+
+    _fields = (
+        "controldir",
+        "qmailhome",
+        "sysconfdir",
+        "queue_base_env",  # "" when unset: ask control/queue_base
+        "queue_count",
+        "queue_start",
+        "conf_split",
+        "bigtodo",
+        "users",
+        "groups",
+        "rootless",
+        "source",
     )
+    __slots__ = _fields
+    controldir: str
+    qmailhome: str
+    sysconfdir: str
+    queue_base_env: str
+    queue_count: int
+    queue_start: int
+    conf_split: int
+    bigtodo: int
+    users: dict[str, str]
+    groups: dict[str, str]
+    rootless: bool
+    source: str | None
+
+    def __init__(self, values: Mapping, source: str | None) -> None:
+        for name in self._fields[:-1]:
+            self._set(name, values[name])
+        self._set("source", source)
+
+    def user(self, role: str) -> str:
+        """Account name for ``role`` (e.g. ``qmailq``)."""
+        return self.users.get(role, role)
+
+    def group(self, role: str) -> str:
+        """Group name for ``role`` (e.g. ``qmail``)."""
+        return self.groups.get(role, role)
+
+    @property
+    def queue_base(self) -> str:
+        """As :attr:`Paths.queue_base`, a string."""
+        if self.queue_base_env:
+            return self.queue_base_env
+        return _queue_base_control(self.controldir) or f"{self.qmailhome}/queue"
+
+
+def load_places(
+    environ: Mapping[str, str] | None = None, argv0: str | None = None, platform: str | None = None
+) -> Places:
+    """:class:`Places` from defaults, the paths file and ``environ``."""
+    return Places(*_values(environ, argv0, platform))
+
+
+def _queue_base_control(controldir: object) -> str:
+    """First line of control ``queue_base``; "" when missing or empty."""
+    ctl = f"{controldir}/queue_base"
+    try:
+        with open(ctl, "rb") as fh:
+            first = fh.readline().rstrip(b" \t\r\n")
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise Fatal(55, f"unable to read {ctl}: {exc.strerror}") from None
+    return os.fsdecode(first)
 
 
 _PATHS: Paths | None = None
+_PLACES: Places | None = None
 
 
 def get() -> Paths:
@@ -344,9 +469,18 @@ def get() -> Paths:
     return _PATHS
 
 
+def places() -> Places:
+    """The process-wide :class:`Places`, built once at first use."""
+    global _PLACES
+    if _PLACES is None:
+        _PLACES = load_places()
+    return _PLACES
+
+
 def reload() -> Paths:
     """Rebuild the process-wide Paths after the environment changed
     (e.g. once the defaultqueue envdirs have been applied)."""
-    global _PATHS
+    global _PATHS, _PLACES
     _PATHS = load()
+    _PLACES = None
     return _PATHS

@@ -9,9 +9,13 @@ installed systems run).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from indimail.core.paths import norm_path
 from indimail.core.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # (name, split?, dir mode, owner role, group role); split None = BIGTODO decides.
 QUEUE_DIRS: tuple[tuple[str, bool | None, int, str], ...] = (
@@ -33,18 +37,31 @@ TRIGGER_MODE = 0o622
 
 
 class Layout(Record):
-    """Geometry of one queue directory (immutable, compared by value)."""
+    """Geometry of one queue directory (immutable, compared by value).
 
-    _fields = ("root", "split", "bigtodo")
-    __slots__ = _fields
-    root: Path
+    The directory is kept as a string (``root_s``): queueing a message needs
+    no Path, and pathlib costs a command ~10 ms at start (core/paths).
+    ``root`` gives the Path, made at first use."""
+
+    _fields = ("root_s", "split", "bigtodo")
+    __slots__ = (*_fields, "_root")
+    root_s: str
     split: int
     bigtodo: int
 
-    def __init__(self, root: Path, split: int = 151, bigtodo: int = 0) -> None:
-        self._set("root", root)
+    def __init__(self, root: str | Path, split: int = 151, bigtodo: int = 0) -> None:
+        self._set("root_s", norm_path(os.fspath(root)))
         self._set("split", split)
         self._set("bigtodo", bigtodo)
+        self._set("_root", None)
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            from pathlib import Path
+
+            self._set("_root", Path(self.root_s))
+        return self._root  # type: ignore[return-value]
 
     def is_split(self, subdir: str) -> bool:
         for name, split, _mode, _owner in QUEUE_DIRS:
@@ -71,7 +88,9 @@ class Layout(Record):
     def entries(self, subdir: str) -> list[int]:
         """Inode numbers present in ``subdir`` (non-numeric names skipped)."""
         found = []
-        for d in self.subdirs(subdir):
+        base = f"{self.root_s}/{subdir}"
+        parts = [f"{base}/{i}" for i in range(self.split)] if self.is_split(subdir) else [base]
+        for d in parts:
             try:
                 names = os.listdir(d)
             except FileNotFoundError:

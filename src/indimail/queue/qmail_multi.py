@@ -10,7 +10,6 @@ QUEUEDIR set, as the original execs qmail-queue.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from indimail.queue import codes
 from indimail.queue.qmail_queue import QueueError
@@ -18,23 +17,25 @@ from indimail.queue.qmail_queue import QueueError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
-    from indimail.core.paths import Paths
+    from indimail.core.paths import Paths, Places
 
 
-def choose_queue(environ: Mapping[str, str], p: Paths) -> Path:
-    """QUEUEDIR if set, else a random queue of QUEUE_START..+QUEUE_COUNT."""
+def choose_queue(environ: Mapping[str, str], p: Paths | Places) -> str:
+    """QUEUEDIR if set, else a random queue of QUEUE_START..+QUEUE_COUNT
+    (a string: see core/paths on what pathlib costs at start)."""
     qd = environ.get("QUEUEDIR")
     if qd:
-        return Path(qd)
+        return qd
     count = p.queue_count
     if count < 1:
         raise QueueError(codes.SYSTEM_MISCONFIG, f"QUEUE_COUNT={count} must be at least 1")
     n = int.from_bytes(os.urandom(4), "little") % count + p.queue_start
-    return p.queue_base / f"queue{n}"
+    return f"{p.queue_base}/queue{n}"
 
 
-def check_min_free(queuedir: Path, environ: Mapping[str, str]) -> None:
+def check_min_free(queuedir: str | Path, environ: Mapping[str, str]) -> None:
     """Exit 53 (disk full) when free bytes on the queue's fs < MIN_FREE."""
     raw = environ.get("MIN_FREE")
     if not raw:

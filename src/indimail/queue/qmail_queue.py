@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from pathlib import Path
 
 from indimail.core import paths as _paths
 from indimail.core.dates import date822fmt
@@ -36,6 +35,7 @@ from indimail.queue.layout import Layout
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from pathlib import Path
     from typing import BinaryIO
 
 # sendmail and qmail-smtpd queue in-process through enqueue(): this module
@@ -210,7 +210,7 @@ def _passwd_key() -> tuple[int, int, int, int, int] | None:
 def _role_of_uid(uid: int) -> str | None:
     """``alias``/``qmails`` if uid is that role's and not also the queue owner's."""
     global _roles_key
-    p = _paths.get()
+    p = _paths.places()
     names = (p.user("qmailq"), p.user("alias"), p.user("qmails"))
     key = _passwd_key()
     if key != _roles_key:
@@ -294,12 +294,12 @@ def enqueue(
     if qqeh is None and not environ.get("FASTQUEUE"):
         qqeh = environ.get("QQEH") or None
     datasync = fsync_mode(environ)
-    root = layout.root
-    if not root.is_dir():
+    root = layout.root_s
+    if not os.path.isdir(root):
         raise QueueError(codes.CHDIR, f"trouble doing cd to queue directory {root}")
 
-    # file names as str (what root / name would print, without a Path per name)
-    prefix = str(root / "x")[:-1]
+    # file names as str (no Path per name)
+    prefix = root.rstrip("/") + "/"
     old_umask = os.umask(0o033)
     lockfd = _enqueue_lock(layout, prefix)
     messfd = intdfd = -1
@@ -513,6 +513,8 @@ def _cleanup(messfd: int, messfn: str | None, intdfd: int, intdfn: str | None) -
 
 def queue_dir_from_env(environ: dict[str, str] | os._Environ[str]) -> Path:
     """QUEUEDIR, else QUEUE_BASE/queue<n> with n random in START..START+COUNT-1."""
+    from pathlib import Path  # qmail-queue the command only (start cost: core/paths)
+
     qd = environ.get("QUEUEDIR")
     if qd:
         return Path(qd)

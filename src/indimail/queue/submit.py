@@ -10,7 +10,6 @@ envelope on its fd 1, and its exit code mapped by :mod:`codes`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from indimail.core import paths as _paths
 from indimail.core.record import Record
@@ -21,6 +20,7 @@ from indimail.queue.qmail_queue import Envelope, QueueError, enqueue, envelope_b
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
     from typing import BinaryIO
 
 # sendmail queues through here once per message: subprocess and tempfile
@@ -49,10 +49,10 @@ class Queued(Record):
     _fields = ("inode", "queuedir", "qp")
     __slots__ = _fields
     inode: int
-    queuedir: Path | None
+    queuedir: str | Path | None
     qp: int
 
-    def __init__(self, inode: int, queuedir: Path | None, qp: int) -> None:
+    def __init__(self, inode: int, queuedir: str | Path | None, qp: int) -> None:
         self._set("inode", inode)
         self._set("queuedir", queuedir)
         self._set("qp", qp)
@@ -91,7 +91,7 @@ def _submit_in_process(
 ) -> Queued:
     from indimail.queue.qmail_multi import check_min_free, choose_queue
 
-    p = _paths.get()
+    p = _paths.places()  # strings: no pathlib on the way to the queue
     try:
         queuedir = choose_queue(environ, p)
         check_min_free(queuedir, environ)
@@ -102,7 +102,7 @@ def _submit_in_process(
         if euid == 0 and owner not in (None, 0):
             return _submit_as_owner(layout, message, envelope, environ, owner)
         if euid != 0 and owner is not None and owner != euid:
-            return _submit_via_door(p, queuedir, message, envelope, environ)
+            return _submit_via_door(_paths.get(), queuedir, message, envelope, environ)
         inode = enqueue(layout, message, envelope, environ=environ)  # type: ignore[arg-type]
     except QueueError as exc:
         raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
@@ -132,7 +132,7 @@ def _submit_via_door(
     return Queued(inode=inode, queuedir=where, qp=os.getpid())
 
 
-def _queue_owner(queuedir: Path) -> int | None:
+def _queue_owner(queuedir: str | Path) -> int | None:
     try:
         return os.stat(queuedir).st_uid
     except OSError:
@@ -148,7 +148,7 @@ def _submit_as_owner(
 ) -> Queued:
     """Root queues as the queue's owner, in a forked child: the files must
     belong to qmailq (the original's qmail-queue is setuid qmailq)."""
-    gid = os.stat(layout.root).st_gid
+    gid = os.stat(layout.root_s).st_gid
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -187,7 +187,7 @@ def _submit_as_owner(
     code = int(code_s) if code_s.isdigit() else codes.CRASHED
     if code != 0:
         raise QueueError(code, rest.decode("utf-8", "replace") or "queue writer died")
-    return Queued(inode=int(rest), queuedir=layout.root, qp=pid)
+    return Queued(inode=int(rest), queuedir=layout.root_s, qp=pid)
 
 
 def _submit_external(

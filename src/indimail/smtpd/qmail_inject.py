@@ -629,10 +629,10 @@ class _Inject:
     def controls(self) -> None:
         from indimail.core import control, envdir, paths
 
-        # paths.load, not paths.get: the process-wide cache must not be
-        # filled before the defaultqueue envdirs have set QUEUE_BASE & co,
-        # or submit() would queue with the paths of before.
-        p = paths.load(self.environ)
+        # paths.load_places, not paths.places: the process-wide cache must
+        # not be filled before the defaultqueue envdirs have set QUEUE_BASE
+        # & co, or submit() would queue with the paths of before.
+        p = paths.load_places(self.environ)
         cd = p.controldir
         mftfile = self.environ.get("QMAILMFTFILE")
         if mftfile is not None:
@@ -640,7 +640,7 @@ class _Inject:
             if items is not None:
                 self.mft = {i.encode("utf-8", "surrogateescape").lower() for i in items}
         if not self.environ.get("FASTQUEUE") and envdir.apply_defaultqueue(cd, self.environ):
-            p = paths.load(self.environ)
+            p = paths.load_places(self.environ)
             cd = p.controldir
 
         def setting(var: str, name: str) -> bytes:

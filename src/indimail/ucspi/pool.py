@@ -283,6 +283,7 @@ class Baseline:
         from indimail.core import paths
 
         self.paths = paths._PATHS
+        self.places = paths._PLACES
         self.fds = _open_fds()
         self.resident = resident_kb()
 
@@ -334,6 +335,7 @@ class Baseline:
         from indimail.ucspi import context
 
         paths._PATHS = self.paths  # type: ignore[assignment]
+        paths._PLACES = self.places  # type: ignore[assignment]
         context.set_current(None)
         smtpd_io = sys.modules.get("indimail.smtpd.smtpd_io")
         if smtpd_io is not None:

@@ -781,6 +781,7 @@ class Server:
                 from indimail.core import paths
 
                 paths.get()
+                paths.places()
             except Exception:
                 pass  # the command reports a bad paths file itself
             base = pool.Baseline(self.pool_settings.maxmem_kb)

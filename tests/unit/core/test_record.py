@@ -18,7 +18,9 @@ def test_value_semantics():
     assert a == Layout(root=Path("/q"), split=23, bigtodo=0)
     assert a != Layout(Path("/q"))
     assert hash(a) == hash(Layout(Path("/q"), 23, 0))
-    assert repr(a) == "Layout(root=PosixPath('/q'), split=23, bigtodo=0)"
+    assert Layout("/q/", split=23) == a  # a string root, normalised as Path would
+    assert a.root == Path("/q")
+    assert repr(a) == "Layout(root_s='/q', split=23, bigtodo=0)"
     assert Envelope(b"s", (b"r",)) == Envelope(b"s", (b"r",))
     assert Envelope(b"s", (b"r",)) != (b"s", (b"r",))
 
@@ -39,7 +41,8 @@ def test_injection_path_imports_stay_light():
     code = (
         "import sys\n"
         "import indimail.smtpd.sendmail, indimail.queue.qmail_queue, indimail.core.control\n"
-        "heavy = {'dataclasses', 'typing', 'tempfile', 'subprocess', 'socket', 'inspect'}\n"
+        "heavy = {'dataclasses', 'typing', 'tempfile', 'subprocess', 'socket', 'inspect',\n"
+        "         'pathlib', 're', 'enum', 'ctypes'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     res = subprocess.run(
@@ -50,3 +53,29 @@ def test_injection_path_imports_stay_light():
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_a_whole_injection_stays_light(tmp_path):
+    # not only the imports: queueing a message (paths file, controls,
+    # defaultqueue, the queue itself) must not pull in pathlib & co either
+    from tests.support import make_instance
+
+    inst = make_instance(tmp_path / "i", queues=2)
+    code = (
+        "import sys\n"
+        "from indimail import cli\n"
+        "rc = cli.run('sendmail', ['sendmail', '-f', 'a@example.test', 'b@example.test'])\n"
+        "heavy = {'dataclasses', 'typing', 'tempfile', 'subprocess', 'socket', 'inspect',\n"
+        "         'pathlib', 're', 'enum', 'ctypes'}\n"
+        "print(rc, sorted(heavy & set(sys.modules)))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n" + code],
+        input=b"Subject: light\n\nbody\n",
+        env=inst.env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().strip() == "0 []", res.stdout + res.stderr
+    assert len(inst.files("todo")) == 1

@@ -88,6 +88,8 @@ def test_restore_puts_back_what_a_session_changed(tmp_path) -> None:
         signal.alarm(100)
         sys.argv[:] = ["qmail-smtpd", "extra"]
         paths._PATHS = object()
+        before_places = paths._PLACES
+        paths._PLACES = object()
         context.set_current(context.Connection(None))
         clean = base.restore()
         umask = os.umask(0)
@@ -100,7 +102,7 @@ def test_restore_puts_back_what_a_session_changed(tmp_path) -> None:
             "sigusr2": signal.getsignal(signal.SIGUSR2) == base.signals[signal.SIGUSR2],
             "alarm": signal.alarm(0),
             "argv": sys.argv == base.argv,
-            "paths": paths._PATHS is before_paths,
+            "paths": paths._PATHS is before_paths and paths._PLACES is before_places,
             "context": context.current() is None,
             "fd0": os.path.realpath(f"/proc/self/fd/{0}") == "/dev/null",
             # what a program exec'd from the next session inherits (the C
