@@ -23,7 +23,6 @@ import select
 import socket
 import ssl
 import stat
-import time
 
 _registered: object | None = None
 
@@ -80,22 +79,17 @@ class FdConn(Conn):
         self.rfd = rfd
         self.wfd = wfd
         self.timeout = timeout
+        self._pollers: dict[tuple[int, int], select.poll] = {}
 
     def _wait(self, fd: int, event: int) -> None:
-        poller = select.poll()
-        poller.register(fd, event)
-        deadline = time.monotonic() + self.timeout
-        for _ in range(1_000_000):  # bounded: EINTR retries only
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ConnTimeout()
-            try:
-                if poller.poll(left * 1000):
-                    return
-            except InterruptedError:  # pragma: no cover - PEP 475 retries
-                continue
+        # one poll object per (fd, event) for the whole session; poll()
+        # itself resumes after a signal with the time left (PEP 475)
+        poller = self._pollers.get((fd, event))
+        if poller is None:
+            poller = self._pollers[(fd, event)] = select.poll()
+            poller.register(fd, event)
+        if not poller.poll(max(self.timeout, 0.001) * 1000):
             raise ConnTimeout()
-        raise ConnTimeout()  # pragma: no cover
 
     def recv(self, n: int) -> bytes:
         self._wait(self.rfd, select.POLLIN | select.POLLHUP | select.POLLERR)

@@ -47,7 +47,7 @@ def is_v4mapped(ip16: bytes) -> bool:
 
 
 def ip4_fmt(ip4: bytes) -> str:
-    return ".".join(str(b) for b in ip4[:4])
+    return f"{ip4[0]}.{ip4[1]}.{ip4[2]}.{ip4[3]}"
 
 
 def ip6_fmt(ip16: bytes) -> str:
