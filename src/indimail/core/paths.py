@@ -392,6 +392,7 @@ class Places(Record):
         "controldir",
         "qmailhome",
         "sysconfdir",
+        "rundir",
         "queue_base_env",  # "" when unset: ask control/queue_base
         "queue_count",
         "queue_start",
@@ -406,6 +407,7 @@ class Places(Record):
     controldir: str
     qmailhome: str
     sysconfdir: str
+    rundir: str
     queue_base_env: str
     queue_count: int
     queue_start: int

@@ -616,15 +616,15 @@ def main(argv: list[str]) -> int:
 def _via_door(p: _paths.Paths, queuedir: Path, environ: os._Environ[str]) -> int:
     """Run by a user who cannot write the queue: hand fd 0 and fd 1 to
     qmail-queued, which queues as the owner (our stand-in for setuid)."""
-    from indimail.queue import qmail_queued
+    from indimail.queue import door
 
     try:
-        spool_fd, _length, spool = qmail_queued.sized_fd(0)  # fd 0 first, as the original
+        spool_fd, _length, spool = door.sized_fd(0)  # fd 0 first, as the original
         try:
             envelope = read_envelope(1)
             envelope.check()
-            qmail_queued.submit_via_socket(
-                qmail_queued.socket_path(p, environ),
+            door.submit_via_socket(
+                door.socket_path(p, environ),
                 queuedir,
                 spool_fd,
                 envelope.sender,

@@ -27,158 +27,23 @@ import os
 import socket
 import struct
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 from indimail.core import paths as _paths
 from indimail.queue import codes
+from indimail.queue.door import CHUNK, CLIENT_ENV, TIMEOUT, socket_path
 from indimail.queue.layout import Layout
 from indimail.queue.qmail_multi import check_min_free, choose_queue
 from indimail.queue.qmail_queue import (
     QueueError,
     enqueue,
-    envelope_bytes,
     parse_envelope,
 )
 
-# Variables of the caller that qmail-queue would have read from its env.
-CLIENT_ENV = ("QQEH", "FASTQUEUE", "HIDE_HOST", "TCPREMOTEIP", "QUEUEDIR")
 ENV_LIMIT = 64 * 1024
 ENVELOPE_LIMIT = 16 * 1024 * 1024
-TIMEOUT = 1200  # seconds of silence before a session is dropped
 CONNECTIONS = 64
-CHUNK = 65536
-
-
-def socket_path(p: _paths.Paths, environ: Mapping[str, str]) -> Path:
-    """``QUEUE_SOCKET``, else ``RUNDIR/indimail/qmail-queued.sock``."""
-    override = environ.get("QUEUE_SOCKET")
-    if override:
-        return Path(override)
-    return p.rundir / "indimail" / "qmail-queued.sock"
-
-
-def netstring(data: bytes) -> bytes:
-    return b"%d:%s," % (len(data), data)
-
-
-# -- client side ------------------------------------------------------------
-
-
-def submit_via_socket(
-    sock_path: Path,
-    queuedir: Path,
-    message: bytes | BinaryIO | int,
-    sender: bytes,
-    recipients: tuple[bytes, ...] | list[bytes],
-    environ: Mapping[str, str],
-) -> tuple[int, Path]:
-    """Queue through qmail-queued; return (inode, queuedir) or raise QueueError."""
-    env = {k: environ[k] for k in CLIENT_ENV if environ.get(k)}
-    env["QUEUEDIR"] = str(queuedir)
-    env_block = b"\0".join(f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in env.items())
-    spool = None
-    try:
-        if isinstance(message, bytes | bytearray | memoryview):
-            body: bytes | int = bytes(message)
-            length = len(body)
-        else:
-            fd, length, spool = sized_fd(message)
-            body = fd
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.settimeout(TIMEOUT)
-            try:
-                s.connect(str(sock_path))
-            except OSError as exc:
-                raise QueueError(
-                    codes.PIPE_SOCKET,
-                    f"the queue belongs to another user and qmail-queued is not answering "
-                    f"on {sock_path}: {exc.strerror}",
-                ) from None
-            try:
-                s.sendall(netstring(env_block) + b"%d:" % length)
-                if isinstance(body, bytes):
-                    s.sendall(body)
-                else:
-                    _send_fd(s, body, length)
-                s.sendall(b"," + netstring(envelope_bytes(sender, recipients)))
-                s.shutdown(socket.SHUT_WR)
-                reply = _recv_reply(s)
-            except OSError as exc:
-                raise QueueError(
-                    codes.PIPE_SOCKET, f"trouble talking to qmail-queued: {exc.strerror or exc}"
-                ) from None
-        finally:
-            s.close()
-    finally:
-        if spool is not None:
-            spool.close()
-    code_s, _, rest = reply.rstrip(b"\n").partition(b" ")
-    if not code_s.isdigit():
-        raise QueueError(codes.CRASHED, "qmail-queued closed the connection without a reply")
-    code = int(code_s)
-    if code != 0:
-        raise QueueError(code, rest.decode("utf-8", "replace"))
-    inode_s, _, qd = rest.partition(b" ")
-    return int(inode_s), Path(os.fsdecode(qd)) if qd else queuedir
-
-
-def sized_fd(message: BinaryIO | int) -> tuple[int, int, BinaryIO | None]:
-    """An fd positioned at the message and its length; spool a pipe first."""
-    import stat
-
-    try:
-        if isinstance(message, int):
-            fd = message
-            pos = os.lseek(fd, 0, os.SEEK_CUR)
-        else:
-            pos = message.tell()  # the logical position, not the buffered fd's
-            if message.writable():
-                message.flush()
-            fd = message.fileno()
-            os.lseek(fd, pos, os.SEEK_SET)
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):
-            return fd, st.st_size - pos, None
-    except (OSError, ValueError):
-        pass  # a pipe, or a file object without an fd: copy it
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
-    try:
-        while True:
-            chunk = os.read(message, CHUNK) if isinstance(message, int) else message.read(CHUNK)
-            if not chunk:
-                break
-            spool.write(chunk)
-    except OSError as exc:
-        spool.close()
-        raise QueueError(codes.READ_ERR, f"trouble reading message: {exc.strerror}") from None
-    spool.flush()
-    length = spool.tell()
-    spool.seek(0)
-    return spool.fileno(), length, spool
-
-
-def _send_fd(s: socket.socket, fd: int, length: int) -> None:
-    left = length
-    while left > 0:
-        chunk = os.read(fd, min(CHUNK, left))
-        if not chunk:
-            raise QueueError(codes.READ_ERR, "trouble reading message: it shrank while queueing")
-        s.sendall(chunk)
-        left -= len(chunk)
-
-
-def _recv_reply(s: socket.socket) -> bytes:
-    buf = b""
-    while len(buf) < 4096 and not buf.endswith(b"\n"):
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
-    return buf
 
 
 # -- server side ------------------------------------------------------------
@@ -345,7 +210,7 @@ def main(argv: list[str]) -> int:
     environ = os.environ
     p = _paths.get()
     limit = CONNECTIONS
-    path = socket_path(p, environ)
+    path = Path(socket_path(p, environ))
     for opt, val in opts:
         if opt == "-c":
             if not val.isdigit() or int(val) < 1:

@@ -102,7 +102,7 @@ def _submit_in_process(
         if euid == 0 and owner not in (None, 0):
             return _submit_as_owner(layout, message, envelope, environ, owner)
         if euid != 0 and owner is not None and owner != euid:
-            return _submit_via_door(_paths.get(), queuedir, message, envelope, environ)
+            return _submit_via_door(p, queuedir, message, envelope, environ)
         inode = enqueue(layout, message, envelope, environ=environ)  # type: ignore[arg-type]
     except QueueError as exc:
         raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
@@ -110,7 +110,7 @@ def _submit_in_process(
 
 
 def _submit_via_door(
-    p: _paths.Paths,
+    p: _paths.Places,
     queuedir: Path,
     message: bytes | BinaryIO,
     envelope: Envelope,
@@ -118,11 +118,11 @@ def _submit_via_door(
 ) -> Queued:
     """Not the queue's owner (qmaild, a user): qmail-queued queues for us,
     as the original's setuid qmail-queue would."""
-    from indimail.queue import qmail_queued
+    from indimail.queue import door
 
     envelope.check()
-    inode, where = qmail_queued.submit_via_socket(
-        qmail_queued.socket_path(p, environ),
+    inode, where = door.submit_via_socket(
+        door.socket_path(p, environ),
         queuedir,
         message,
         envelope.sender,

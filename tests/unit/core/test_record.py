@@ -41,6 +41,7 @@ def test_injection_path_imports_stay_light():
     code = (
         "import sys\n"
         "import indimail.smtpd.sendmail, indimail.queue.qmail_queue, indimail.core.control\n"
+        "import indimail.queue.door  # how a user who cannot write the queue queues\n"
         "heavy = {'dataclasses', 'typing', 'tempfile', 'subprocess', 'socket', 'inspect',\n"
         "         'pathlib', 're', 'enum', 'ctypes'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
