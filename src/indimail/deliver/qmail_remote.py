@@ -1029,12 +1029,14 @@ class Remote:
         self.tcpto = _tcpto.Table(_tcpto.default_file(self.env))
         self.read_message()
         try:
-            resolver = _dns.make_resolver(self.env)
-            rnd = int(time.time()) + (os.getpid() << 16)
-            if relay is not None:
-                ips = _dns.host_ips(relay, resolver)
+            literal = _dns.ip_literal(relay) if relay is not None else None
+            if literal is not None:  # smtproutes names an address: nothing to look up
+                ips = [_dns.MxIp(0, literal, literal)]
+            elif relay is not None:
+                ips = _dns.host_ips(relay, _dns.make_resolver(self.env))
             else:
-                ips = _dns.mx_ips(self.host, resolver, rnd)
+                rnd = int(time.time()) + (os.getpid() << 16)
+                ips = _dns.mx_ips(self.host, _dns.make_resolver(self.env), rnd)
         except _dns.DnsSoft:
             self.die_text("ZSorry, I couldn't find any host by that name. (#4.1.2)\n")
         except _dns.DnsHard:

@@ -59,8 +59,14 @@ def _when(rec: bytes | bytearray) -> int:
     return struct.unpack_from("<I", rec, 8)[0]
 
 
-def _matches(rec: bytes | bytearray, af: int, packed: bytes) -> bool:
-    return rec[0] == af and bytes(rec[16 : 16 + len(packed)]) == packed
+def _find(buf: bytes | bytearray, af: int, packed: bytes) -> int:
+    """Index of the record of (af, address) in ``buf``, or -1 (no copies:
+    this runs before every remote delivery)."""
+    end = 16 + len(packed)
+    for at in range(0, len(buf) - RECORD + 1, RECORD):
+        if buf[at] == af and buf[at + 16 : at + end] == packed:
+            return at // RECORD
+    return -1
 
 
 class Table:
@@ -100,22 +106,21 @@ class Table:
         os.close(fd)
         af, packed = _family_and_bytes(ip)
         now = time.time() if now is None else now
-        pid = pid or os.getpid()
-        for i in range(len(buf) // RECORD):
-            rec = buf[i * RECORD : (i + 1) * RECORD]
-            if not _matches(rec, af, packed):
-                continue
-            self.flag_was_there = True
-            if rec[4] >= 2:
-                if min_penalty > 0:
-                    extra = ((60 + (pid & 31)) << 6) - MIN_PENALTY
-                    backoff = min_penalty
-                else:
-                    extra = 0
-                    backoff = -min_penalty
-                if int(now) - _when(rec) < backoff + extra:
-                    return True
+        i = _find(buf, af, packed)
+        if i < 0:
             return False
+        rec = buf[i * RECORD : (i + 1) * RECORD]
+        self.flag_was_there = True
+        if rec[4] >= 2:
+            pid = pid or os.getpid()
+            if min_penalty > 0:
+                extra = ((60 + (pid & 31)) << 6) - MIN_PENALTY
+                backoff = min_penalty
+            else:
+                extra = 0
+                backoff = -min_penalty
+            if int(now) - _when(rec) < backoff + extra:
+                return True
         return False
 
     def record(
@@ -132,10 +137,9 @@ class Table:
             af, packed = _family_and_bytes(ip)
             when = int(time.time() if now is None else now) & 0xFFFFFFFF
             n = len(buf) // RECORD
-            for i in range(n):
+            i = _find(buf, af, packed)
+            if i >= 0:
                 rec = bytearray(buf[i * RECORD : (i + 1) * RECORD])
-                if not _matches(rec, af, packed):
-                    continue
                 if not failed:
                     rec[4] = 0
                 else:
