@@ -59,7 +59,7 @@ def test_injection_path_imports_stay_light():
 def test_a_whole_injection_stays_light(tmp_path):
     # not only the imports: queueing a message (paths file, controls,
     # defaultqueue, the queue itself) must not pull in pathlib & co either
-    from tests.support import make_instance
+    from support import make_instance
 
     inst = make_instance(tmp_path / "i", queues=2)
     code = (
