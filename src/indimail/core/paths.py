@@ -294,9 +294,10 @@ class Paths(Record):
 
 def _values(
     environ: Mapping[str, str] | None, argv0: str | None, platform: str | None
-) -> tuple[dict[str, str], str | None]:
-    """The settings (defaults, then the paths file, then the environment)
-    and the paths file used; strings only, nothing imported."""
+) -> tuple[dict, str | None]:
+    """The settings (defaults, then the paths file, then the environment),
+    by Paths field name, and the paths file used; directories as strings,
+    nothing imported."""
     if environ is None:
         environ = os.environ
     if argv0 is None and sys.argv:

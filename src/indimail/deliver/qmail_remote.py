@@ -929,16 +929,20 @@ class Remote:
         try:
             if routes_env:
                 lines = [x for x in routes_env.replace("\0", "\n").split("\n") if x]
+                table = _routes.build_map(lines)
             else:
-                lines = (
-                    _control.read_list(
-                        self.env.get("SMTPROUTESFILE") or "smtproutes", controldir=cd
+                # parsed once per version of the file (a worker delivers many)
+                table = (
+                    _control.read_list_as(
+                        self.env.get("SMTPROUTESFILE") or "smtproutes",
+                        "smtproutes",
+                        _routes.build_map,
+                        controldir=cd,
                     )
-                    or []
+                    or {}
                 )
         except _control.ControlError:
             self.temp_control()
-        table = _routes.build_map(lines)
         extra = self.more_routes(cd) if not routes_env else None
         route = None
         if extra is not None and self.recips_raw:
@@ -952,13 +956,12 @@ class Remote:
     def more_routes(self, cd: Path | None) -> Mapping[str, str] | None:
         """moresmtproutes.cdb as a lazy mapping, or None."""
         name = self.env.get("MORESMTPROUTESCDB") or "moresmtproutes.cdb"
-        path = _control.control_path(name, cd)
-        if not path.exists():
+        if not _control.exists(name, controldir=cd):
             return None
         try:
             from indimail.core import cdb
 
-            reader = cdb.Reader(path)
+            reader = cdb.Reader(_control.control_path(name, cd))
         except Exception:
             self.temp_control()
 
