@@ -80,6 +80,7 @@ class SmtpService:
         limit: int = 40,
         maxperip: int | None = None,
         name: str = "smtpd",
+        wrap: tuple[str, ...] = (),
     ) -> None:
         self.instance = instance
         self.workdir = workdir
@@ -136,6 +137,7 @@ class SmtpService:
             *tls,
             "127.0.0.1",
             "0",
+            *wrap,  # e.g. rblsmtpd and its options, ahead of qmail-smtpd
             str(instance.bin / "qmail-smtpd"),
             HOST,
             str(self.checkpw),

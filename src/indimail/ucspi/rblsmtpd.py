@@ -33,6 +33,12 @@ import time
 from indimail.core.errors import UsageError
 from indimail.ucspi import addr, inproc
 
+# tcpserver may run us in its pooled workers when the program we run is
+# poolable too: ucspi_next() tells it which program that is.
+UCSPI_POOL = True
+UCSPI_WARM = ("dns.resolver", "dns.exception", "indimail.deliver.dns")
+OPTSPEC = "bBcCt:r:a:w:W"
+
 USAGE = (
     "usage: rblsmtpd -r base [ -b ] [ -B ] [ -c ] [ -C ] [ -t timeout ] [ -a base ] "
     "[ -W ] [ -w delay ] smtpd [ arg ... ]"
@@ -230,6 +236,16 @@ def blocked_session(rbl: Rbl, timeout: int) -> int:
         return 0
 
 
+def ucspi_next(argv: list[str]) -> list[str] | None:
+    """The program (with its arguments) this command line would run after
+    letting a client through; None if the options are bad."""
+    try:
+        _opts, rest = getopt.getopt(argv[1:], OPTSPEC)
+    except getopt.GetoptError:
+        return None
+    return rest or None
+
+
 def main(argv: list[str]) -> int:
     rbl = Rbl()
     env = os.environ.get("RBLSMTPD")
@@ -243,7 +259,7 @@ def main(argv: list[str]) -> int:
             rbl.decision = 2
             rbl.text = rbl.substitute(env)
     try:
-        opts, rest = getopt.getopt(argv[1:], "bBcCt:r:a:w:W")
+        opts, rest = getopt.getopt(argv[1:], OPTSPEC)
     except getopt.GetoptError as exc:
         raise UsageError(f"{exc.msg}\n{USAGE}") from None
     timeout = 60

@@ -548,7 +548,7 @@ class Server:
             try:
                 mod = inproc.command_module(self.ours)
                 self.ours_tls_aware = bool(getattr(mod, "UCSPI_TLS_AWARE", False))
-                poolable = bool(getattr(mod, "UCSPI_POOL", False))
+                poolable = _poolable_chain(self.argv)
             except Exception:
                 self.ours_tls_aware = poolable = False
             relayed = o.ssl and not self.ours_tls_aware  # needs a relay fork anyway
@@ -805,6 +805,24 @@ class Server:
         except BaseException as exc:
             self.warn(f"tcpserver: warning: pool worker: {type(exc).__name__}: {exc}")
         exit_child(0)
+
+
+def _poolable_chain(argv: list[str], depth: int = 0) -> bool:
+    """Whether a pooled worker may run ``argv``: every program of the chain
+    is ours and says ``UCSPI_POOL``.  A program that runs another one after
+    it (rblsmtpd) names it with ``ucspi_next(argv)``; an exec in a worker
+    would take the worker's place, so anything not ours ends pooling."""
+    name = inproc.command_name(argv[0]) if argv else None
+    if name is None or depth > 8:
+        return False
+    mod = inproc.command_module(name)
+    if not getattr(mod, "UCSPI_POOL", False):
+        return False
+    following = getattr(mod, "ucspi_next", None)
+    if following is None:
+        return True
+    rest = following(argv)
+    return rest is not None and _poolable_chain(rest, depth + 1)
 
 
 class Child:

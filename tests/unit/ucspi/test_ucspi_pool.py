@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,21 @@ def test_a_leaked_fd_or_child_retires_the_worker(tmp_path) -> None:
     assert in_child(leak_fd) == {"clean": False}
     assert in_child(leave_child) == {"clean": False}
     assert in_child(garbage_only) == {"clean": True}
+
+
+def test_which_chains_the_pool_may_run(tmp_path) -> None:
+    from indimail.ucspi.tcpserver import _poolable_chain
+
+    ours = Path(sys.executable).parent / "indimail"
+    for name in ("rblsmtpd", "qmail-smtpd", "tcprulescheck"):
+        (tmp_path / name).symlink_to(ours)
+    rbl, smtpd, check = (str(tmp_path / n) for n in ("rblsmtpd", "qmail-smtpd", "tcprulescheck"))
+    assert _poolable_chain([smtpd])
+    assert _poolable_chain([rbl, "-r", "bl.test", "-t", "0", smtpd, "x"])
+    assert _poolable_chain([rbl, "-r", "a", rbl, "-r", "b", smtpd])
+    # whatever would be exec'd would take the worker's place
+    assert not _poolable_chain([rbl, "-r", "bl.test", "/bin/cat"])
+    assert not _poolable_chain([rbl, "-r", "bl.test"])  # nothing to run
+    assert not _poolable_chain([rbl, "-Z", smtpd])  # bad option
+    assert not _poolable_chain([check, "x.cdb"])  # ours, not poolable
+    assert not _poolable_chain([])
