@@ -178,7 +178,23 @@ def _int(values: Mapping[str, str], key: str, default: int, where: str) -> int:
         raise Fatal(111, f"{key}={raw!r} is not a number ({where})") from None
 
 
-class Paths(Record):
+class _Roles(Record):
+    """Role names of the original mapped to accounts (``users``/``groups``)."""
+
+    __slots__ = ()
+    users: dict[str, str]
+    groups: dict[str, str]
+
+    def user(self, role: str) -> str:
+        """Account name for ``role`` (e.g. ``qmailq``)."""
+        return self.users.get(role, role)
+
+    def group(self, role: str) -> str:
+        """Group name for ``role`` (e.g. ``qmail``)."""
+        return self.groups.get(role, role)
+
+
+class Paths(_Roles):
     """The resolved directories, queue geometry and role names (immutable,
     compared by value: a frozen dataclass written out, see core/record.py)."""
 
@@ -264,14 +280,6 @@ class Paths(Record):
         self._set("users", {} if users is None else users)
         self._set("groups", {} if groups is None else groups)
 
-    def user(self, role: str) -> str:
-        """Account name for ``role`` (e.g. ``qmailq``)."""
-        return self.users.get(role, role)
-
-    def group(self, role: str) -> str:
-        """Group name for ``role`` (e.g. ``qmail``)."""
-        return self.groups.get(role, role)
-
     @property
     def queue_base(self) -> Path:
         """QUEUE_BASE: env/file, else control ``queue_base``, else QMAILHOME/queue."""
@@ -351,22 +359,21 @@ def _values(
     return out, source
 
 
-_DIR_FIELDS = (
-    "prefix",
-    "bindir",
-    "sbindir",
-    "qmailhome",
-    "sysconfdir",
-    "controldir",
-    "shareddir",
-    "libexecdir",
-    "servicedir",
-    "logdir",
-    "rundir",
-    "assigndir",
-    "certdir",
-    "plugindir",
+# Paths fields that are not directories; every other field is one.
+_NOT_DIRS = frozenset(
+    [
+        "queue_base_env",
+        "queue_count",
+        "queue_start",
+        "conf_split",
+        "bigtodo",
+        "users",
+        "groups",
+        "source",
+        "rootless",
+    ]
 )
+_DIR_FIELDS = tuple(f for f in Paths._fields if f not in _NOT_DIRS)
 
 
 def load(
@@ -384,7 +391,7 @@ def load(
     return Paths(**kw)
 
 
-class Places(Record):
+class Places(_Roles):
     """What the commands that start once per message need of :class:`Paths`,
     as plain strings (no pathlib): the control directory, the queues and
     the role names.  Same sources, same precedence as :func:`load`."""
@@ -423,14 +430,6 @@ class Places(Record):
         for name in self._fields[:-1]:
             self._set(name, values[name])
         self._set("source", source)
-
-    def user(self, role: str) -> str:
-        """Account name for ``role`` (e.g. ``qmailq``)."""
-        return self.users.get(role, role)
-
-    def group(self, role: str) -> str:
-        """Group name for ``role`` (e.g. ``qmail``)."""
-        return self.groups.get(role, role)
 
     @property
     def queue_base(self) -> str:
