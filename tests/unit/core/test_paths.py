@@ -64,6 +64,7 @@ def test_queue_base_from_control(tmp_path):
     assert p.queue_base == tmp_path / "queue"
     (ctl / "queue_base").write_text("/var/spool/q  \n")
     assert p.queue_base == Path("/var/spool/q")
+    assert paths.load_places(environ={"INDIMAIL_PATHS": str(f)}).queue_base == "/var/spool/q"
 
 
 def test_file_found_relative_to_argv0(tmp_path):
@@ -102,3 +103,32 @@ def _file(tmp_path: Path, text: str) -> Path:
     f = tmp_path / "paths.conf"
     f.write_text(text)
     return f
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"SYSCONFDIR": "/etc/x/", "QMAILHOME": "//var//mta/", "RUNDIR": "/run/./here"},
+        {"CONTROLDIR": "rel/control", "QUEUE_BASE": "/q/base/", "PREFIX": "/opt/mta/"},
+        {"QUEUE_COUNT": "3", "QUEUE_START": "2", "CONFSPLIT": "23", "BIGTODO": "1"},
+    ],
+)
+def test_places_are_the_paths_as_strings(tmp_path, env):
+    """The per-message commands' view (places) must name the same places as
+    everyone else's (load), whatever spelling the settings use."""
+    conf = tmp_path / "p.conf"
+    conf.write_text("USER_QMAILQ=alice\nROOTLESS=1\n")
+    environ = {"INDIMAIL_PATHS": str(conf), **env}
+    full, light = (
+        paths.load(environ, platform="linux"),
+        paths.load_places(environ, platform="linux"),
+    )
+    for name in ("controldir", "qmailhome", "sysconfdir", "rundir"):
+        assert getattr(light, name) == str(getattr(full, name)), name
+    assert light.queue_base == str(full.queue_base)
+    same = ("queue_count", "queue_start", "conf_split", "bigtodo", "users", "groups", "rootless")
+    for name in same:
+        assert getattr(light, name) == getattr(full, name), name
+    assert light.source == str(full.source)
+    assert light.user("qmailq") == full.user("qmailq") == "alice"
