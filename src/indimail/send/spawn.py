@@ -164,6 +164,7 @@ class _Worker:
     jobs: int = 0
     idle_since: float = 0.0
     gone: bool = False
+    key: object = None  # the account it switched to (None: the spawner's own)
 
 
 class _Poller:
@@ -272,8 +273,11 @@ class Spawner:
         if prepare is not None:
             req.prepared = prepare(req)
         reusable = getattr(self.child, "reusable", None)
-        if reusable is not None and reusable(req) and self.start_in_worker(req, messfd, st.st_size):
-            return
+        if reusable is not None and reusable(req):
+            key_of = getattr(self.child, "worker_key", None)
+            key = key_of(req) if key_of is not None else None
+            if self.start_in_worker(req, messfd, st.st_size, key):
+                return
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the delivery
@@ -322,13 +326,14 @@ class Spawner:
 
     # -- delivery workers ----------------------------------------------------
 
-    def start_in_worker(self, req: Request, messfd: int, size: int) -> bool:
-        """Hand the delivery to an idle worker (forking one if none is
-        idle); False if that cannot be done (the caller forks a child)."""
+    def start_in_worker(self, req: Request, messfd: int, size: int, key: object = None) -> bool:
+        """Hand the delivery to an idle worker of account ``key`` (forking
+        one if none is idle); False if that cannot be done (the caller forks
+        a child)."""
         job = pickle.dumps((req, size), protocol=pickle.HIGHEST_PROTOCOL)
         if len(job) > WORKER_MAX_JOB:
             return False
-        if not self.idle:
+        if not any(w.key == key for w in self.idle):
             # a worker may have answered since the loop last looked (the
             # events of one select() are handled in turn): reading those
             # answers first keeps the pool at the concurrency instead of
@@ -336,7 +341,7 @@ class Spawner:
             for what in self.sel.select(0):
                 if type(what) is _Worker:
                     self.worker_event(what)
-        worker = self.idle.pop() if self.idle else self.new_worker(messfd)
+        worker = self.take_idle(key) or self.new_worker(messfd, key)
         if worker is None:
             return False
         r, w = os.pipe()
@@ -358,8 +363,20 @@ class Spawner:
         self.sel.register(r, run)
         return True
 
-    def new_worker(self, messfd: int) -> _Worker | None:
-        """Fork a worker (``messfd``: the job's message, not for it to keep)."""
+    def take_idle(self, key: object) -> _Worker | None:
+        """The warmest idle worker of account ``key``.  None if there is
+        none; then, at the cap, the oldest idle worker of another account
+        goes, so that the new one is not retired after a single job."""
+        for i in range(len(self.idle) - 1, -1, -1):
+            if self.idle[i].key == key:
+                return self.idle.pop(i)
+        if self.idle and len(self.workers) >= WORKER_MAX:
+            self.retire(self.idle[0])
+        return None
+
+    def new_worker(self, messfd: int, key: object = None) -> _Worker | None:
+        """Fork a worker (``messfd``: the job's message, not for it to
+        keep) that first becomes account ``key`` when that is not None."""
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.setblocking(False)
@@ -376,17 +393,18 @@ class Spawner:
             try:
                 ours.close()
                 os.close(messfd)
-                self.worker_loop(theirs)
+                self.worker_loop(theirs, key)
                 code = 0
             finally:
                 exit_child(code)
         theirs.close()
         worker = _Worker(pid, ours)
+        worker.key = key
         self.workers[pid] = worker
         self.sel.register(ours.fileno(), worker)
         return worker
 
-    def worker_loop(self, sock: socket.socket) -> None:
+    def worker_loop(self, sock: socket.socket, key: object = None) -> None:
         """The life of a worker (runs in the forked process)."""
         gc.disable()  # as a delivery child: the shared heap stays shared
         signal.set_wakeup_fd(-1)
@@ -408,6 +426,14 @@ class Spawner:
             os.dup2(null, fd)
         if not self.std_bound:
             _std_streams()
+        if key is not None:
+            # a worker of one account: it becomes that account once, with
+            # nothing of the spawner's left open, and is only ever handed
+            # that account's deliveries.  The kernel makes a process whose
+            # ids changed non-dumpable: the account cannot attach to it.
+            become = getattr(self.child, "become", None)
+            if become is None or not become(key):
+                exit_child(111)  # the job already sent is deferred, as a failed fork
         jobs = 0
         while True:  # until the spawner closes its end (never on our own:
             # an exit could overtake the answer still in the socket)
@@ -647,6 +673,7 @@ class _LocalChild:
         self.users = users
         # users/cdb answers kept in the spawner, checked against the file
         self.cdb = users.CdbCache(p.assigndir / "cdb")
+        self.account: tuple[int, int] | None = None  # a worker's, once it became one
         # the environment, decoded once (nothing changes os.environ here)
         self.environ = dict(os.environ)
 
@@ -659,9 +686,34 @@ class _LocalChild:
         except Exception:  # the child looks up itself and reports
             return self.cdb.UNKNOWN
 
-    def reusable(self, _req: Request) -> bool:
-        """Without a change of user a delivery may run in a worker."""
-        return self.p.rootless or os.getuid() != 0
+    def reusable(self, req: Request) -> bool:
+        """Without a change of user a delivery may run in a worker; as
+        root, in a worker of the recipient's account (see worker_key)."""
+        return self.p.rootless or os.getuid() != 0 or self.worker_key(req) is not None
+
+    def worker_key(self, req: Request) -> tuple[int, int] | None:
+        """As root: (uid, gid) of the account users/cdb names for the
+        recipient, the workers that deliver for it.  Anything else (the
+        password database, an unknown user, root itself) is looked up and
+        switched to in a forked child, as before."""
+        if self.p.rootless or os.getuid() != 0:
+            return None
+        entry = req.prepared
+        if isinstance(entry, self.users.UserEntry) and entry.uid != 0:
+            return (entry.uid, entry.gid)
+        return None
+
+    def become(self, key: tuple[int, int]) -> bool:
+        """Switch this worker to account ``key`` for good (as root)."""
+        uid, gid = key
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        except OSError:
+            return False
+        self.account = key
+        return True
 
     def __call__(self, req: Request, _size: int) -> int:
         users, qmail_local, p = self.users, self.qmail_local, self.p
@@ -681,6 +733,8 @@ class _LocalChild:
             return 117
         if entry is None:
             return 116
+        if self.account is not None and (entry.uid, entry.gid) != self.account:
+            return 127  # never another account's delivery in this worker
         if p.rootless:
             pass  # one account does everything, whichever it is
         elif os.getuid() == 0:

@@ -204,3 +204,74 @@ def test_remote_deliveries_may_use_workers(tmp_path) -> None:
     child = spawn.rspawn_child(Layout(tmp_path, split=1))
     req = spawn.Request(0, b"0/7", b"s@x", b"", b"", b"r@y.test")
     assert child.reusable(req) is True
+
+
+class _Accounts(_Child):
+    """As root: a delivery to ``uNNN@x`` belongs to account NNN (uid = gid)."""
+
+    def worker_key(self, req: spawn.Request) -> tuple[int, int] | None:
+        box = req.recipient.partition(b"@")[0]
+        return (int(box[1:]), int(box[1:])) if box[:1] == b"u" else None
+
+    def become(self, key: tuple[int, int]) -> bool:
+        os.setgroups([])
+        os.setgid(key[1])
+        os.setuid(key[0])
+        return True
+
+    def __call__(self, req: spawn.Request, size: int) -> int:
+        os.read(0, 5)
+        os.write(1, b"pid %d uid %d gid %d\n" % (os.getpid(), os.getuid(), os.getgid()))
+        return 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching accounts needs root")
+def test_account_workers_serve_only_their_account(tmp_path):
+    r = _Running(tmp_path, _Accounts())
+    try:
+        seen: dict[int, set[tuple[int, int]]] = {}
+        first: dict[int, int] = {}
+        for round_ in range(3):
+            rcpts = [b"u65534@x", b"u65533@x", b"plain@x", b"u65534@x"]
+            r.send(*(_request(i, rcpt) for i, rcpt in enumerate(rcpts)))
+            got = r.results(len(rcpts))
+            for i, rcpt in enumerate(rcpts):
+                words = got[i].split()
+                pid, uid, gid = int(words[1]), int(words[3]), int(words[5])
+                want = 0 if rcpt == b"plain@x" else int(rcpt[1:6])
+                assert (uid, gid) == (want, want), (rcpt, got[i])
+                seen.setdefault(pid, set()).add((uid, gid))
+                if round_ == 0 and i < 3:
+                    first[want] = pid
+        # one account per worker, ever; the accounts' workers were reused
+        assert all(len(ids) == 1 for ids in seen.values()), seen
+        assert len({first[65534], first[65533], first[0]}) == 3
+        assert first[65534] in seen and len(seen) <= 6, seen
+    finally:
+        assert r.close() == 0
+
+
+def test_local_child_account_keys(tmp_path, monkeypatch):
+    """qmail-lspawn as root: users/cdb accounts get their own workers; root,
+    the password database and unknown users keep the fork per delivery; a
+    worker that became one account refuses another's delivery (127)."""
+    from indimail.core import paths
+    from indimail.deliver import users
+
+    conf = tmp_path / "p.conf"
+    conf.write_text(f"SYSCONFDIR={tmp_path}\nQMAILHOME={tmp_path}\n")
+    p = paths.load({"INDIMAIL_PATHS": str(conf)})
+    assert not p.rootless
+    child = spawn.lspawn_child(p, "./Maildir/")
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+
+    def req(prepared: object) -> spawn.Request:
+        return spawn.Request(1, b"0/7", b"s@x", b"", b"", b"alice@x", prepared)
+
+    alice = users.UserEntry("alice", 1234, 100, str(tmp_path), "", "")
+    rootish = users.UserEntry("toor", 0, 0, "/root", "", "")
+    assert child.worker_key(req(alice)) == (1234, 100) and child.reusable(req(alice))
+    assert child.worker_key(req(rootish)) is None and not child.reusable(req(rootish))
+    assert child.worker_key(req(None)) is None and not child.reusable(req(None))
+    child.account = (4321, 100)  # as become() leaves a worker of another account
+    assert child(req(alice), 0) == 127
