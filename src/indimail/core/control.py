@@ -39,9 +39,7 @@ def control_path(name: str, controldir: Path | None = None) -> Path:
     """Where control ``name`` lives."""
     from pathlib import Path  # not at the top: see core/paths (start cost)
 
-    if name.startswith(("/", ".")):
-        return Path(name)
-    return Path(controldir or _paths.places().controldir) / name
+    return Path(_str_path(name, controldir))
 
 
 # Contents of control files, kept per process and validated on every read by
@@ -60,6 +58,21 @@ _cache: dict[str, tuple[tuple[int, int, int, int, int], bytes, dict]] = {}
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _settled(st: os.stat_result, now_ns: int) -> bool:
+    """Unchanged for RACY_NS before ``now_ns``: safe to remember by its key."""
+    return st.st_ctime_ns < now_ns - RACY_NS and st.st_mtime_ns < now_ns - RACY_NS
+
+
+def stable_key(path: str) -> tuple[int, int, int, int, int] | None:
+    """The stat key of ``path`` when what was read from it may be kept
+    under that key (the rule above); None if it is missing or just changed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _key(st) if _settled(st, time.time_ns()) else None
 
 
 def _str_path(name: str, controldir: Path | None) -> str:
@@ -105,12 +118,7 @@ def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | N
     finally:
         os.close(fd)
     data = b"".join(chunks)
-    if (
-        st.st_size == len(data) <= CACHE_MAX
-        and stat.S_ISREG(st.st_mode)
-        and st.st_ctime_ns < now - RACY_NS
-        and st.st_mtime_ns < now - RACY_NS
-    ):
+    if st.st_size == len(data) <= CACHE_MAX and stat.S_ISREG(st.st_mode) and _settled(st, now):
         parsed: dict = {}
         _cache[spath] = (_key(st), data, parsed)
         return data, parsed

@@ -26,6 +26,7 @@ import os
 import time
 
 from indimail.core import paths as _paths
+from indimail.core.control import stable_key
 from indimail.core.dates import date822fmt
 from indimail.core.errors import Fatal
 from indimail.core.record import Record
@@ -194,17 +195,6 @@ def received_line(
 _roles: dict[tuple[int, tuple[str, str, str]], str | None] = {}
 _roles_key: tuple[int, int, int, int, int] | None = None
 PASSWD = "/etc/passwd"
-RACY_NS = 2_000_000_000
-
-
-def _passwd_key() -> tuple[int, int, int, int, int] | None:
-    try:
-        st = os.stat(PASSWD)
-    except OSError:
-        return None
-    if max(st.st_mtime_ns, st.st_ctime_ns) >= time.time_ns() - RACY_NS:
-        return None  # changed just now: another change may follow within the same tick
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _role_of_uid(uid: int) -> str | None:
@@ -212,7 +202,7 @@ def _role_of_uid(uid: int) -> str | None:
     global _roles_key
     p = _paths.places()
     names = (p.user("qmailq"), p.user("alias"), p.user("qmails"))
-    key = _passwd_key()
+    key = stable_key(PASSWD)
     if key != _roles_key:
         _roles.clear()
         _roles_key = key

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from indimail.core import control
 from indimail.queue import qmail_queue
 
 
@@ -33,7 +34,7 @@ def passwd(tmp_path, monkeypatch):
 
 
 def test_role_kept_while_passwd_unchanged(passwd, monkeypatch):
-    monkeypatch.setattr(qmail_queue, "RACY_NS", -(10**12))  # the file looks old
+    monkeypatch.setattr(control, "RACY_NS", -(10**12))  # the file looks old
     assert qmail_queue._role_of_uid(7001) == "alias"
     n = len(passwd.calls)
     assert qmail_queue._role_of_uid(7001) == "alias"
