@@ -67,8 +67,9 @@ ChildFn = Callable[[Request, int], int]  # (request, size of message) -> exit co
 # the fork, its result reaches the child as ``request.prepared`` (work done
 # once in the warm parent instead of in every child).  It may also carry
 # ``reusable(request) -> bool``: True when the delivery leaves no trace in
-# the process that runs it (no change of user), so a long-lived worker may
-# run it instead of a fresh fork.
+# the process that runs it, so a long-lived worker may run it instead of a
+# fresh fork; with ``worker_key(request)`` (None: the spawner's own account)
+# and ``become(key) -> bool``, workers of one account each (see Spawner).
 ReportFn = Callable[[int, bytes], bytes]  # (wait status, output) -> K/Z/D text
 
 
@@ -398,8 +399,7 @@ class Spawner:
             finally:
                 exit_child(code)
         theirs.close()
-        worker = _Worker(pid, ours)
-        worker.key = key
+        worker = _Worker(pid, ours, key=key)
         self.workers[pid] = worker
         self.sel.register(ours.fileno(), worker)
         return worker
@@ -705,12 +705,7 @@ class _LocalChild:
 
     def become(self, key: tuple[int, int]) -> bool:
         """Switch this worker to account ``key`` for good (as root)."""
-        uid, gid = key
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-        except OSError:
+        if not _switch_account(*key):
             return False
         self.account = key
         return True
@@ -740,11 +735,7 @@ class _LocalChild:
         elif os.getuid() == 0:
             if entry.uid == 0:
                 return 113
-            try:
-                os.setgroups([])
-                os.setgid(entry.gid)
-                os.setuid(entry.uid)
-            except OSError:
+            if not _switch_account(entry.uid, entry.gid):
                 return 127
         elif entry.uid != os.getuid():
             return 127
@@ -764,6 +755,18 @@ class _LocalChild:
         )
         with open(1, "wb", buffering=0, closefd=False) as out:
             return qmail_local.deliver(args, 0, out, environ=environ, controldir=p.controldir)
+
+
+def _switch_account(uid: int, gid: int) -> bool:
+    """Become ``uid``/``gid`` with no supplementary groups, for good
+    (a forked delivery, or an account's worker); False if refused."""
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError:
+        return False
+    return True
 
 
 def lspawn_child(p: _paths.Paths, defaultdelivery: str) -> ChildFn:
