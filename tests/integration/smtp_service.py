@@ -37,7 +37,9 @@ Everything started is stopped by pid (SIGTERM, then SIGKILL).
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -245,3 +247,33 @@ def add_rcpthosts(instance, *domains: str) -> None:
     path = instance.control / "rcpthosts"
     text = path.read_text(encoding="utf-8")
     path.write_text(text + "".join(d + "\n" for d in domains), encoding="utf-8")
+
+
+def session(port: int, source: str, rcpt: str) -> list[str]:
+    """HELO, MAIL, RCPT ``rcpt``, QUIT from ``source``; the reply lines."""
+    out: list[str] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0)) as s:
+        f = s.makefile("rb")
+        line = f.readline().decode()
+        out.append(line.rstrip())
+        if not line:
+            return out
+        for cmd in ("HELO client.test", "MAIL FROM:<a@example.org>", f"RCPT TO:<{rcpt}>", "QUIT"):
+            s.sendall(cmd.encode() + b"\r\n")
+            out.append(f.readline().decode().rstrip())
+        assert f.readline() == b""  # the server closed the connection after 221
+    return out
+
+
+def served_by(svc: SmtpService, n: int, timeout: float = 10) -> list[int]:
+    """Pids of the first ``n`` sessions (``tcpserver: pid N from IP``), once
+    the listener has logged each one's end (``sigchild, pid=N``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = svc.logtext()
+        pids = [int(p) for p in re.findall(r"tcpserver: pid (\d+) from ", text)]
+        ends = re.findall(r"sigchild, pid=(\d+)", text)
+        if len(pids) >= n and len(ends) >= n:
+            return pids[:n]
+        assert time.monotonic() < deadline, text
+        time.sleep(0.02)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from smtp_service import SmtpService, served_by, session
 
 INDIMAIL = Path(sys.executable).parent / "indimail"
 HARNESS = Path(__file__).parent.parent / "unit/deliver/remote_cases/remote_harness.py"
@@ -187,52 +188,22 @@ def test_under_tcpserver_in_process_chain(tmp_path, dnsd) -> None:
     assert "Traceback" not in log.read_text()
 
 
+RCPT = "user@mx.example.test"
+
+
 def test_pooled_chain_rblsmtpd_then_qmail_smtpd(instance, tmp_path, dnsd) -> None:
     """tcpserver -> rblsmtpd -> qmail-smtpd in the pool's workers: a listed
     client gets rblsmtpd's 451, an unlisted one qmail-smtpd, and the next
     listed one the 451 again, all from one reused worker."""
-    import re
-    import time
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from smtp_service import SmtpService
-
-    def talk(port: int, source: str) -> list[str]:
-        out = []
-        with socket.create_connection(
-            ("127.0.0.1", port), timeout=15, source_address=(source, 0)
-        ) as s:
-            f = s.makefile("rb")
-            out.append(f.readline().decode().rstrip())
-            for cmd in (
-                "HELO client.test",
-                "MAIL FROM:<a@example.org>",
-                "RCPT TO:<user@mx.example.test>",
-                "QUIT",
-            ):
-                s.sendall(cmd.encode() + b"\r\n")
-                out.append(f.readline().decode().rstrip())
-        return out
-
-    def ended(svc, n: int) -> list[int]:
-        deadline = time.monotonic() + 15
-        while True:
-            text = svc.logtext()
-            pids = [int(p) for p in re.findall(r"tcpserver: pid (\d+) from ", text)]
-            if len(pids) >= n and len(re.findall(r"sigchild, pid=(\d+)", text)) >= n:
-                return pids[:n]
-            assert time.monotonic() < deadline, text
-            time.sleep(0.02)
-
     wrap = (str(instance.bin / "rblsmtpd"), "-r", "bl.test")
     env = {"DNSCACHEIP": dnsd.address, "DNSTIMEOUT": "3"}
     with SmtpService(instance, tmp_path, wrap=wrap, env=env) as svc:
-        listed = talk(svc.port, "127.0.0.2")
-        ended(svc, 1)
-        clean = talk(svc.port, "127.0.0.1")
-        ended(svc, 2)
-        again = talk(svc.port, "127.0.0.2")
-        pids = ended(svc, 3)
+        listed = session(svc.port, "127.0.0.2", RCPT)
+        served_by(svc, 1)
+        clean = session(svc.port, "127.0.0.1", RCPT)
+        served_by(svc, 2)
+        again = session(svc.port, "127.0.0.2", RCPT)
+        pids = served_by(svc, 3)
         log = svc.logtext()
         workers = set(svc.children())
     assert listed[0] == "220 rblsmtpd.indimail" and listed[3] == "451 listed at bl.test", listed

@@ -8,49 +8,18 @@ import base64
 import hashlib
 import hmac
 import os
-import re
 import signal
 import socket
 import time
 from pathlib import Path
 from typing import BinaryIO
 
-from smtp_service import SmtpService
+from smtp_service import SmtpService, served_by, session
 
 from support import Instance
 
 RULES = '127.0.0.2:allow,RELAYCLIENT="",MARK="two"\n127.0.0.3:deny\n127.:allow\n'
 DENIED = "553 sorry, that domain isn't allowed to be relayed thru this MTA"
-
-
-def session(port: int, source: str, rcpt: str) -> list[str]:
-    """HELO, MAIL, RCPT ``rcpt``, QUIT from ``source``; the reply lines."""
-    out: list[str] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0)) as s:
-        f = s.makefile("rb")
-        line = f.readline().decode()
-        out.append(line.rstrip())
-        if not line:
-            return out
-        for cmd in ("HELO client.test", "MAIL FROM:<a@example.org>", f"RCPT TO:<{rcpt}>", "QUIT"):
-            s.sendall(cmd.encode() + b"\r\n")
-            out.append(f.readline().decode().rstrip())
-        assert f.readline() == b""  # the server closed the connection after 221
-    return out
-
-
-def served_by(svc: SmtpService, n: int, timeout: float = 10) -> list[int]:
-    """Pids of the first ``n`` sessions (``tcpserver: pid N from IP``), once
-    the listener has logged each one's end (``sigchild, pid=N``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = svc.logtext()
-        pids = [int(p) for p in re.findall(r"tcpserver: pid (\d+) from ", text)]
-        ends = re.findall(r"sigchild, pid=(\d+)", text)
-        if len(pids) >= n and len(ends) >= n:
-            return pids[:n]
-        assert time.monotonic() < deadline, text
-        time.sleep(0.02)
 
 
 def gone(pid: int, timeout: float = 10) -> bool:

@@ -108,6 +108,17 @@ def _pid(text: bytes) -> int:
     return int(text.split()[1])
 
 
+def _gone(pid: int, between=None, timeout: float = 10) -> bool:
+    """Whether ``pid`` is gone (exited and reaped) within ``timeout``;
+    ``between`` runs between two looks."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        if between is not None:
+            between()
+        time.sleep(0.05)
+    return not os.path.exists(f"/proc/{pid}")
+
+
 def test_sequential_deliveries_share_one_worker(running):
     pids = set()
     for _ in range(5):
@@ -152,12 +163,12 @@ def test_idle_workers_retire_and_stop_with_the_spawner(tmp_path, monkeypatch):
     try:
         r.send(_request(1, b"ok@x"))
         first = _pid(r.results(1)[1][1:])
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{first}") and time.monotonic() < deadline:
-            r.send(_request(2, b"ok@x"))  # wakes the spawner's loop
+
+        def wake() -> None:  # the spawner's loop
+            r.send(_request(2, b"ok@x"))
             r.results(1)
-            time.sleep(0.05)
-        assert not os.path.exists(f"/proc/{first}")  # exited and reaped
+
+        assert _gone(first, wake)  # exited and reaped
     finally:
         status = r.close()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
@@ -169,10 +180,7 @@ def test_idle_worker_reaped_while_nothing_runs(tmp_path, monkeypatch):
     try:
         r.send(_request(1, b"ok@x"))
         pid = _pid(r.results(1)[1][1:])
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not os.path.exists(f"/proc/{pid}")  # retired, and no zombie left
+        assert _gone(pid)  # retired, and no zombie left
     finally:
         r.close()
 
