@@ -214,10 +214,16 @@ def test_svc_letters(tree: Tree):
     assert res.returncode == 3 and ", paused" in res.stdout.decode()
     svc_run("svc", "-c", str(d))
     assert wait_for(lambda: status(d)[2][16:17] == b"\x00")
-    # -dx: down and the supervisor for it leaves (svok fails)
-    svc_run("svc", "-dx", str(d))
-    assert wait_for(lambda: svc_run("svok", str(d)).returncode == 100)
+    # -dx: down and the supervisor for it leaves (svok fails). As an
+    # admin retires a service: out of the scan directory first, or svscan
+    # would start a new supervisor for it on its next scan.
+    gone = tree.scandir / ".s"
+    d.rename(gone)
+    svc_run("svc", "-dx", str(gone))
+    assert wait_for(lambda: svc_run("svok", str(gone)).returncode == 100)
     assert wait_for(lambda: not alive(pid5))
+    time.sleep(1.5)  # past a rescan: nobody brought it back
+    assert svc_run("svok", str(gone)).returncode == 100
     # svc on a dir without supervisor: exit 2
     time.sleep(0.2)
     other = make_service(tree.scandir.parent, "nosup", "exec sleep 1")
