@@ -226,3 +226,34 @@ def test_permanent_failure_bounces_to_sender_and_double_bounce(instance, deliver
     assert b"I tried to deliver a bounce message to this address, but the bounce bounced!" in double
     assert b"--- Enclosed is the original bounce.\n" in double
     assert any(line.startswith("bounce msg ") for line in delivery.lines())
+
+
+def test_ps_shows_the_originals_process_names(instance, delivery):
+    """An admin's ``ps``/``pgrep qmail-send`` finds each queue's processes
+    by the original's names, not as copies of qscheduler."""
+
+    def names() -> list[str]:
+        found = []
+        todo = [delivery.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/comm") as fh:
+                    found.append(fh.read().strip())
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as fh:
+                        todo += [int(k) for k in fh.read().split()]
+            except OSError:
+                continue
+        return sorted(found)
+
+    # two queues: one qmail-send, lspawn, rspawn and clean each
+    want = sorted(
+        ["qscheduler"] + ["qmail-send", "qmail-lspawn", "qmail-rspawn", "qmail-clean"] * 2
+    )
+    delivery.wait_for(lambda: names() == want)
+    res = instance.run("sendmail", "postmaster@mx.example.test", input=b"Subject: ps\n\nx\n")
+    assert res.returncode == 0
+    delivery.wait_for(lambda: queue_empty(instance))
+    # the delivery worker that stays for the next message is a qmail-local
+    assert "qmail-local" in names()

@@ -809,9 +809,3 @@ def _prctl(option: int, arg: int) -> int:
 
     handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
     return _CFunc(_ctypes.dlsym(handle, "prctl"))(option, arg, 0, 0, 0)
-
-
-def set_proc_name(name: str) -> None:
-    """Name shown by ps/top and /proc/PID/comm (svscan looks for it)."""
-    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as fh:
-        fh.write(name[:15])

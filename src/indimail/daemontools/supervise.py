@@ -11,10 +11,11 @@ import signal
 from pathlib import Path
 
 from indimail.core.errors import Fatal, UsageError
+from indimail.core.proctitle import set_proc_name
 from indimail.daemontools import logrun, multilog, svdir
 from indimail.daemontools.loop import Loop
 from indimail.daemontools.privs import become
-from indimail.daemontools.service import Busy, Service, set_proc_name
+from indimail.daemontools.service import Busy, Service
 
 
 def logger_runner(run_file: Path, environ) -> tuple | None:

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 
 from indimail.core.errors import Fatal, UsageError
+from indimail.core.proctitle import set_proc_name
 from indimail.daemontools import svdir
 from indimail.daemontools.loop import Loop
-from indimail.daemontools.service import Busy, Service, set_proc_name
+from indimail.daemontools.service import Busy, Service
 from indimail.daemontools.supervise import logger_runner
 
 SVSCANLOG = ".svscan"

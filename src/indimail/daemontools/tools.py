@@ -12,6 +12,7 @@ import shutil
 import signal
 
 from indimail.core.errors import Fatal, UsageError
+from indimail.core.proctitle import set_proc_name
 from indimail.daemontools.privs import become, lookup
 
 
@@ -266,12 +267,7 @@ def readproctitle(argv: list[str]) -> int:
             return 0
         tail += data
         del tail[: len(tail) - width]
-        shown = bytes(tail).replace(b"\n", b" ")[-15:].decode("ascii", "replace")
-        try:
-            with open("/proc/self/comm", "w") as fh:
-                fh.write(shown)
-        except OSError:
-            pass
+        set_proc_name(bytes(tail).replace(b"\n", b" ")[-15:].decode("ascii", "replace"))
 
 
 def main(argv: list[str]) -> int:

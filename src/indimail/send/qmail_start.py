@@ -28,6 +28,7 @@ from pathlib import Path
 
 from indimail.core import paths as _paths
 from indimail.core.errors import Fatal, UsageError, exit_child
+from indimail.core.proctitle import set_proc_name
 from indimail.queue.layout import Layout
 
 ERROR_INTERVAL = 5
@@ -109,17 +110,25 @@ def start_queue(
     all_fds = (*[fd for pair in pipes.values() for fd in pair], mutex)
 
     def lspawn() -> int:
+        set_proc_name("qmail-lspawn")
         sp = spawn.Spawner(
-            layout, spawn.lspawn_child(p, defaultdelivery), spawn.lspawn_report, owner
+            layout,
+            spawn.lspawn_child(p, defaultdelivery),
+            spawn.lspawn_report,
+            owner,
+            worker_name="qmail-local",
         )
         return sp.serve()
 
     def rspawn() -> int:
+        set_proc_name("qmail-rspawn")
         _become(p, "qmailr")
-        sp = spawn.Spawner(layout, spawn.rspawn_child(layout), spawn.rspawn_report, owner)
+        child = spawn.rspawn_child(layout)
+        sp = spawn.Spawner(layout, child, spawn.rspawn_report, owner, worker_name="qmail-remote")
         return sp.serve()
 
     def clean() -> int:
+        set_proc_name("qmail-clean")
         _become(p, "qmailq")
         return qmail_clean.serve(layout)
 
@@ -146,6 +155,7 @@ def start_queue(
         os.close(log_r)
         log_fd = log_w
     _become(p, "qmails")
+    set_proc_name("qmail-send")
     sender = qmail_send.Sender(
         layout,
         [(pipes["l_in"][1], pipes["l_out"][0]), (pipes["r_in"][1], pipes["r_out"][0])],

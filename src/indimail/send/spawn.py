@@ -25,6 +25,7 @@ from pathlib import Path
 
 from indimail.core import paths as _paths
 from indimail.core.errors import exit_child
+from indimail.core.proctitle import set_proc_name
 from indimail.queue.layout import Layout
 
 SPAWN = 500  # conf-spawn: the most deliveries at once
@@ -214,8 +215,10 @@ class Spawner:
         check_owner: int | None,
         infd: int = 0,
         outfd: int = 1,
+        worker_name: str = "",
     ) -> None:
         self.layout = layout
+        self.worker_name = worker_name  # what ps shows for delivery workers
         self.child = child
         self.report = report
         self.check_owner = check_owner
@@ -408,6 +411,8 @@ class Spawner:
         """The life of a worker (runs in the forked process)."""
         gc.disable()  # as a delivery child: the shared heap stays shared
         signal.set_wakeup_fd(-1)
+        if self.worker_name:
+            set_proc_name(self.worker_name)
         for signum in _CHILD_DEFAULT_SIGNALS:
             _signal.signal(signum, _signal.SIG_DFL)
         # what the spawner holds open must not be kept open here too (a
@@ -855,7 +860,8 @@ def lspawn_main(argv: list[str]) -> int:
     """qmail-lspawn defaultdelivery"""
     p = _paths.get()
     default = argv[1] if len(argv) > 1 else "./Maildir/"
-    sp = Spawner(queue_layout(p), lspawn_child(p, default), lspawn_report, _queue_owner(p))
+    child = lspawn_child(p, default)
+    sp = Spawner(queue_layout(p), child, lspawn_report, _queue_owner(p), worker_name="qmail-local")
     return sp.serve()
 
 
@@ -863,5 +869,6 @@ def rspawn_main(argv: list[str]) -> int:
     """qmail-rspawn"""
     p = _paths.get()
     layout = queue_layout(p)
-    sp = Spawner(layout, rspawn_child(layout), rspawn_report, _queue_owner(p))
+    child = rspawn_child(layout)
+    sp = Spawner(layout, child, rspawn_report, _queue_owner(p), worker_name="qmail-remote")
     return sp.serve()
