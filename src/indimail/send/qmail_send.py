@@ -41,6 +41,13 @@ CHANSKIP = (10, 20)
 SLEEP_SYSFAIL = 123
 SLEEP_TODO = 1500
 INFO_CACHE_MAX = 20000  # info records kept in memory (the rest are read from disk)
+# Preprocessed messages start delivery at once; their info/local/remote
+# files are fsynced and todo/intd removed only this much later, or never
+# when every delivery is over by then (see Sender.commit_due).  5 s is
+# ext4's own journal interval: the unsynced unlinks that record finished
+# deliveries (here and in the original) are at risk for that long anyway.
+COMMIT_DELAY = 5.0
+PENDING_MAX = 5000  # beyond this many uncommitted messages, commit at once
 DYING_TEXT = b"I'm not going to try again; this message has been in the queue too long.\n"
 
 
@@ -176,6 +183,10 @@ class Sender:
         self.exiting = False
         self.todo_due = 0.0
         self.signals: list[int] = []
+        # preprocessed messages whose todo/intd are still on disk: inode ->
+        # time the info/local/remote files are to be made durable
+        self.pending: dict[int, float] = {}
+        self.pending_due = math.inf
 
     # -- logging -------------------------------------------------------
     def log(self, text: str) -> None:
@@ -274,7 +285,8 @@ class Sender:
     TODO_BATCH = 64
 
     def scan_todo(self) -> None:
-        entries = sorted(self.layout.entries("todo"))
+        pending = self.pending
+        entries = sorted(i for i in self.layout.entries("todo") if i not in pending)
         for start in range(0, len(entries), self.TODO_BATCH):
             if self.exiting:
                 return
@@ -282,8 +294,17 @@ class Sender:
         self.todo_due = time.time() + SLEEP_TODO
 
     def _todo_batch(self, inodes: list[int]) -> None:
-        """Preprocess a batch, sync it with one journal commit, then let
-        qmail-clean drop intd/todo and schedule the messages."""
+        """Preprocess a batch and schedule its messages.
+
+        Normally the new info/local/remote files are left unsynced and
+        todo/intd stay on disk: the message is recorded as pending and
+        :meth:`commit_due` makes it durable COMMIT_DELAY later, unless
+        its deliveries are all over by then (most local ones are), which
+        saves two journal commits per message.  Until then todo/ holds
+        the message, so a crash redoes the preprocessing and delivers
+        again, as a crash before markdone does.  With too many pending,
+        the batch is synced and cleaned at once, as the original does."""
+        defer = not self.exiting and len(self.pending) + len(inodes) <= PENDING_MAX
         unsynced: list[int] = []
         done = []
         for inode in inodes:
@@ -294,12 +315,16 @@ class Sender:
                 continue
             if result is not None:
                 done.append(result)
-        try:
-            sync_all(unsynced)
-        except TodoError as exc:
-            # todo/ still holds them: the next scan redoes the work
-            self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
-            return
+        if defer:
+            for fd in unsynced:
+                os.close(fd)
+        else:
+            try:
+                sync_all(unsynced)
+            except TodoError as exc:
+                # todo/ still holds them: the next scan redoes the work
+                self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
+                return
         for result in done:
             inode = result.inode
             self.log(f"new msg {inode} {self.queuedesc}\n")
@@ -308,9 +333,16 @@ class Sender:
                 f"<{safe_log_text(result.sender)}> qp {result.qp.decode(errors='replace')} "
                 f"uid {result.uid.decode(errors='replace')} {self.queuedesc}\n"
             )
-        # one round trip to qmail-clean for the whole batch: requests are
-        # answered in order, one byte each
-        cleaned = self.clean_many([f"todo/{result.inode}" for result in done])
+        if defer:
+            due = time.time() + COMMIT_DELAY
+            for result in done:
+                self.pending[result.inode] = due
+            self.pending_due = min(self.pending_due, due)
+            cleaned = [True] * len(done)
+        else:
+            # one round trip to qmail-clean for the whole batch: requests
+            # are answered in order, one byte each
+            cleaned = self.clean_many([f"todo/{result.inode}" for result in done])
         for result, ok in zip(done, cleaned, strict=True):
             if not ok:
                 continue
@@ -324,6 +356,48 @@ class Sender:
                 heapq.heappush(self.pq[1], (now, inode))
             if not result.local and not result.remote:
                 heapq.heappush(self.pqdone, (now, inode))
+
+    def commit_due(self, now: float, everything: bool = False) -> None:
+        """Make pending messages durable: fsync whatever of their
+        info/local/remote files still exists, then have qmail-clean drop
+        todo/intd.  On trouble they stay pending and are retried later."""
+        if not self.pending:
+            self.pending_due = math.inf
+            return
+        if not everything and self.pending_due > now:
+            return
+        ready = [i for i, due in self.pending.items() if everything or due <= now]
+        fds: list[int] = []
+        trouble = False
+        for inode in ready:
+            for sub in ("info", "local", "remote"):
+                try:
+                    fds.append(os.open(self.qpath(sub, inode), os.O_RDONLY))
+                except FileNotFoundError:
+                    pass  # that part is done (or the message has none)
+                except OSError as exc:
+                    trouble = True
+                    self.log(
+                        f"warn: {self.argv0}: {self.queuedesc}: trouble opening "
+                        f"{sub}/{inode}: {exc.strerror}\n"
+                    )
+        try:
+            sync_all(fds)
+        except TodoError as exc:
+            trouble = True
+            self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
+        if trouble:
+            retry = now + SLEEP_SYSFAIL
+            for inode in ready:
+                self.pending[inode] = retry
+        else:
+            cleaned = self.clean_many([f"todo/{inode}" for inode in ready])
+            for inode, ok in zip(ready, cleaned, strict=True):
+                if ok:
+                    del self.pending[inode]
+                else:
+                    self.pending[inode] = now + SLEEP_SYSFAIL
+        self.pending_due = min(self.pending.values(), default=math.inf)
 
     def clean(self, request: str) -> bool:
         return self.clean_many([request])[0]
@@ -528,7 +602,8 @@ class Sender:
                 fd = os.open(path, os.O_WRONLY)
                 try:
                     os.pwrite(fd, b"D", pos)
-                    os.fsync(fd)
+                    if inode not in self.pending:  # else commit_due syncs it
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 return
@@ -586,7 +661,8 @@ class Sender:
         for c in CHANNELS:
             if os.path.exists(qpath(CHAN_FILE[c], inode)):
                 return
-        if os.path.exists(qpath("todo", inode)):
+        pending = inode in self.pending
+        if not pending and os.path.exists(qpath("todo", inode)):
             return
         info = self.read_info(inode)
         if info is None:
@@ -607,7 +683,15 @@ class Sender:
             )
             heapq.heappush(self.pqdone, (time.time() + SLEEP_SYSFAIL, inode))
             return
-        self.clean(f"foop/{inode}")
+        if pending:
+            # done before its commit: todo/intd go with the message, and
+            # info/local/remote were never worth an fsync
+            del self.pending[inode]
+            if not self.pending:
+                self.pending_due = math.inf
+            self.clean_many([f"todo/{inode}", f"foop/{inode}"])
+        else:
+            self.clean(f"foop/{inode}")
 
     def inject_bounce(self, inode: int, sender: bytes, birth: float) -> bool:
         from indimail.queue.submit import SubmitError, submit
@@ -708,7 +792,9 @@ class Sender:
                     self.messdone(inode)
                 for c in CHANNELS:
                     self.feed(c, now)
+                self.commit_due(now)
                 if self.exiting and not self.dels[0] and not self.dels[1]:
+                    self.commit_due(now, everything=True)
                     break
                 timeout = self._timeout(now)
                 self.flush_log()
@@ -736,6 +822,7 @@ class Sender:
                 due.append(self.pq[c][0][0])
         if self.pqdone:
             due.append(self.pqdone[0][0])
+        due.append(self.pending_due)
         return max(0.0, min(min(due) - now, 60.0))
 
     def _handle_signals(self) -> None:
