@@ -75,6 +75,68 @@ def stable_key(path: str) -> tuple[int, int, int, int, int] | None:
     return _key(st) if _settled(st, time.time_ns()) else None
 
 
+# Absent files within a session.  qmail-smtpd asks for ~20 control files
+# per connection that most sites never create (badmailfrom, goodrcptto.cdb,
+# tarpitcount...), one failed stat each.  While a pooled session runs
+# (:func:`session`), a file found absent is remembered with the key of its
+# directory (dev, ino, mtime_ns, ctime_ns) as it was before the file was
+# looked for: creating, renaming or linking any file there changes that key,
+# so one stat of the directory per session stands for all of them.  As for
+# files, a directory changed within RACY_NS is not trusted, and a dangling
+# symlink is never remembered (its target may appear elsewhere).  Outside a
+# session nothing changes: every read stats its file.
+_absent: dict[str, tuple[int, int, int, int]] = {}
+_session_dirs: dict[str, tuple[int, int, int, int] | None] | None = None
+
+
+class session:  # lower case: used as ``with control.session():``
+    """One connection's view of the control directory: see ``_absent``."""
+
+    def __enter__(self) -> None:
+        global _session_dirs
+        _session_dirs = {}
+
+    def __exit__(self, *_exc: object) -> None:
+        global _session_dirs
+        _session_dirs = None
+
+
+def _dir_key(directory: str) -> tuple[int, int, int, int] | None:
+    """The session's key of ``directory`` (stat once per session); None if
+    it changed within RACY_NS or cannot be stat'ed."""
+    dirs = _session_dirs
+    if dirs is None:
+        return None
+    if directory in dirs:
+        return dirs[directory]
+    key = None
+    try:
+        st = os.stat(directory)
+    except OSError:
+        pass
+    else:
+        if _settled(st, time.time_ns()):
+            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    dirs[directory] = key
+    return key
+
+
+def _known_absent(spath: str) -> tuple[bool, tuple[int, int, int, int] | None]:
+    """(still absent for sure, the directory key to remember it under)."""
+    dkey = _dir_key(os.path.dirname(spath))
+    if dkey is None:
+        return False, None
+    if _absent.get(spath) == dkey:
+        return True, dkey
+    _absent.pop(spath, None)
+    return False, dkey
+
+
+def _note_absent(spath: str, dkey: tuple[int, int, int, int] | None) -> None:
+    if dkey is not None and not os.path.islink(spath):
+        _absent[spath] = dkey
+
+
 def _str_path(name: str, controldir: Path | None) -> str:
     if name.startswith(("/", ".")):
         return name
@@ -84,10 +146,14 @@ def _str_path(name: str, controldir: Path | None) -> str:
 def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | None:
     """(contents, parse cache or None) of control ``name``; None if missing."""
     spath = _str_path(name, controldir)
+    gone, dkey = _known_absent(spath) if _session_dirs is not None else (False, None)
+    if gone:
+        return None
     try:
         st = os.stat(spath)
     except FileNotFoundError:
         _cache.pop(spath, None)
+        _note_absent(spath, dkey)
         return None
     except OSError:
         st = None  # open() below reports it
@@ -134,6 +200,7 @@ def _read_bytes(name: str, controldir: Path | None) -> bytes | None:
 def clear_cache() -> None:
     """Forget every remembered control file (tests; never needed for correctness)."""
     _cache.clear()
+    _absent.clear()
 
 
 def _strip(line: bytes) -> bytes:
@@ -231,9 +298,16 @@ def read_list_as(name: str, tag: str, build, *, controldir: Path | None = None):
 def exists(name: str, *, controldir: Path | None = None) -> bool:
     """Whether control ``name`` exists (Path.exists: a missing directory on
     the way is False, other errors such as EACCES are raised)."""
+    spath = _str_path(name, controldir)
+    gone, dkey = _known_absent(spath) if _session_dirs is not None else (False, None)
+    if gone:
+        return False
     try:
-        os.stat(_str_path(name, controldir))
-    except (FileNotFoundError, NotADirectoryError):
+        os.stat(spath)
+    except FileNotFoundError:
+        _note_absent(spath, dkey)
+        return False
+    except NotADirectoryError:
         return False
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EBADF):

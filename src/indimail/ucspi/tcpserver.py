@@ -44,6 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from indimail.core import control
 from indimail.core.errors import EXIT_TEMP, Fatal, UsageError, exit_child
 from indimail.ucspi import addr, context, inproc, pool
 
@@ -925,7 +926,8 @@ class Child:
         context.set_current(conn)
         inproc.setup_stdio()
         if pooled:  # the listener resolved the program when it made the pool
-            return inproc.run_command(self.s.ours, argv)
+            with control.session():  # absent control files: one stat per session
+                return inproc.run_command(self.s.ours, argv)
         return inproc.run_or_exec(argv, "tcpserver")
 
     def banner(self) -> None:

@@ -122,3 +122,80 @@ def test_errors_are_not_cached(ctl, trusted):
     os.rmdir(ctl / "me")
     (ctl / "me").write_text("mx.test\n")
     assert control.read_line("me", controldir=ctl) == "mx.test"
+
+
+def _count_stats(monkeypatch) -> list[str]:
+    seen: list[str] = []
+    real = os.stat
+
+    def counting(path, *args, **kwargs):
+        seen.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(control.os, "stat", counting)
+    return seen
+
+
+ABSENT = ["badmailfrom", "badrcptto", "goodrcptto", "tarpitcount", "relaymailfrom"]
+
+
+def test_session_stats_the_directory_once_for_all_absent_files(ctl, trusted, monkeypatch):
+    with control.session():  # first session: learns which files are absent
+        for name in ABSENT:
+            assert control.read_list(name, controldir=ctl) is None
+            assert not control.exists(name + ".cdb", controldir=ctl)
+    seen = _count_stats(monkeypatch)
+    with control.session():
+        for name in ABSENT:
+            assert control.read_list(name, controldir=ctl) is None
+            assert not control.exists(name + ".cdb", controldir=ctl)
+    assert seen == [str(ctl)]
+    # outside a session every read stats its own file, as before
+    seen.clear()
+    assert control.read_list("badmailfrom", controldir=ctl) is None
+    assert seen == [f"{ctl}/badmailfrom"]
+
+
+@pytest.mark.parametrize("how", ["create", "rename", "link", "symlink"])
+def test_session_sees_a_file_created_since_the_last_one(ctl, trusted, how):
+    # whatever way the file appears, the directory's key changes and the
+    # next session reads it (one clock tick later: within the same tick
+    # is what RACY_NS covers, tested above for files)
+    with control.session():
+        assert control.read_list("badmailfrom", controldir=ctl) is None
+        assert not control.exists("badmailfrom.cdb", controldir=ctl)
+    assert f"{ctl}/badmailfrom" in control._absent
+    src = ctl.parent / f"src-{how}"
+    src.write_text("spam@bad.test\n")
+    time.sleep(0.05)
+    if how == "create":
+        (ctl / "badmailfrom").write_text("spam@bad.test\n")
+    elif how == "rename":
+        src.rename(ctl / "badmailfrom")
+    elif how == "link":
+        os.link(src, ctl / "badmailfrom")
+    else:
+        os.symlink(src, ctl / "badmailfrom")
+    with control.session():
+        assert control.read_list("badmailfrom", controldir=ctl) == ["spam@bad.test"]
+
+
+def test_recently_changed_directory_is_not_trusted(ctl):
+    # the directory changed just now (a file made in it): an absent file is
+    # stat'ed on every read, in and out of sessions
+    (ctl / "me").write_text("x\n")
+    with control.session():
+        assert control.read_list("badmailfrom", controldir=ctl) is None
+    assert f"{ctl}/badmailfrom" not in control._absent
+
+
+def test_dangling_symlink_is_never_remembered(ctl, trusted, tmp_path):
+    target = tmp_path / "elsewhere" / "badmailfrom"
+    target.parent.mkdir()
+    os.symlink(target, ctl / "badmailfrom")
+    with control.session():
+        assert control.read_list("badmailfrom", controldir=ctl) is None
+    # the target appears without the control directory changing
+    target.write_text("spam@bad.test\n")
+    with control.session():
+        assert control.read_list("badmailfrom", controldir=ctl) == ["spam@bad.test"]
