@@ -156,3 +156,28 @@ def test_kill_inside_the_commit_window_delivers_again(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_commit_writes_what_is_left(instance, delivery):
+    # two recipients of one message: the quick one is done before the
+    # commit, so local/<id> is written with its record already marked D
+    runs, release = slow_program(instance, "slow")
+    res = instance.run(
+        "sendmail",
+        "postmaster@mx.example.test",
+        "slow@mx.example.test",
+        input=b"Subject: two\n\nbody\n",
+    )
+    assert res.returncode == 0, res.stderr
+    delivery.wait_for(lambda: starts(runs) == 1)
+    t_seen = time.time()
+    delivery.wait_for(lambda: instance.files("todo") == [], timeout=15)
+    (local,) = instance.files("local")
+    records = local.read_bytes().split(b"\0")[:-1]
+    assert sorted(records) == [b"Dpostmaster@mx.example.test", b"Tslow@mx.example.test"]
+    # info keeps the message's birth as its mtime (retries count from it)
+    (info,) = instance.files("info")
+    assert t_seen - 5 < info.stat().st_mtime <= t_seen
+    release.touch()
+    delivery.wait_for(lambda: queue_empty(instance) and instance.files("mess") == [])
+    assert starts(runs) == 1

@@ -32,7 +32,14 @@ from indimail.core import paths as _paths
 from indimail.queue.layout import Layout
 from indimail.send import bounce as _bounce
 from indimail.send.rewrite import Rewriter
-from indimail.send.todo import TodoError, preprocess, queue_paths, read_small, sync_all
+from indimail.send.todo import (
+    TodoError,
+    preprocess,
+    queue_paths,
+    read_small,
+    sync_all,
+    write_channel_files,
+)
 
 CHANNELS = (0, 1)  # 0 local, 1 remote
 CHAN_NAME = ("local", "remote")
@@ -90,6 +97,18 @@ class Delivery:
     pos: int
     recipient: bytes
     delid: int
+
+
+@dataclass
+class Pending:
+    """A preprocessed message whose todo/intd are still on disk and whose
+    info/local/remote exist only here (see Sender.commit_due)."""
+
+    due: float  # when to write and sync its files
+    info: bytes  # info/<id>'s records
+    birth: float  # info/<id>'s mtime
+    chans: list[bytearray | None]  # local/ and remote/ records; None: none left
+    retry: list[float] = field(default_factory=lambda: [0.0, 0.0])  # channel files' mtimes
 
 
 @dataclass
@@ -185,7 +204,7 @@ class Sender:
         self.signals: list[int] = []
         # preprocessed messages whose todo/intd are still on disk: inode ->
         # time the info/local/remote files are to be made durable
-        self.pending: dict[int, float] = {}
+        self.pending: dict[int, Pending] = {}
         self.pending_due = math.inf
 
     # -- logging -------------------------------------------------------
@@ -296,29 +315,29 @@ class Sender:
     def _todo_batch(self, inodes: list[int]) -> None:
         """Preprocess a batch and schedule its messages.
 
-        Normally the new info/local/remote files are left unsynced and
-        todo/intd stay on disk: the message is recorded as pending and
-        :meth:`commit_due` makes it durable COMMIT_DELAY later, unless
-        its deliveries are all over by then (most local ones are), which
-        saves two journal commits per message.  Until then todo/ holds
-        the message, so a crash redoes the preprocessing and delivers
-        again, as a crash before markdone does.  With too many pending,
-        the batch is synced and cleaned at once, as the original does."""
+        Normally nothing is written: todo/intd stay on disk, the message's
+        info and local/remote records live in ``self.pending`` and
+        deliveries start at once.  :meth:`commit_due` writes and fsyncs the
+        files COMMIT_DELAY later, unless the message is finished by then
+        (most local ones are): two files created, synced and removed less
+        per message.  Until then todo/ holds the message, so a crash redoes
+        the preprocessing and delivers again, as a crash before markdone
+        does.  With too many pending, or while stopping, the batch is
+        written, synced and cleaned at once, as the original does."""
         defer = not self.exiting and len(self.pending) + len(inodes) <= PENDING_MAX
         unsynced: list[int] = []
         done = []
         for inode in inodes:
             try:
-                result = preprocess(self.layout, inode, self.cfg.rewriter, unsynced)
+                result = preprocess(
+                    self.layout, inode, self.cfg.rewriter, unsynced, write=not defer
+                )
             except TodoError as exc:
                 self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
                 continue
             if result is not None:
                 done.append(result)
-        if defer:
-            for fd in unsynced:
-                os.close(fd)
-        else:
+        if not defer:
             try:
                 sync_all(unsynced)
             except TodoError as exc:
@@ -336,7 +355,8 @@ class Sender:
         if defer:
             due = time.time() + COMMIT_DELAY
             for result in done:
-                self.pending[result.inode] = due
+                chans = [bytearray(data) if data else None for data in result.chans]
+                self.pending[result.inode] = Pending(due, result.info, result.birth, chans)
             self.pending_due = min(self.pending_due, due)
             cleaned = [True] * len(done)
         else:
@@ -347,7 +367,7 @@ class Sender:
             if not ok:
                 continue
             inode = result.inode
-            if len(self.infos) < INFO_CACHE_MAX:
+            if not defer and len(self.infos) < INFO_CACHE_MAX:
                 self.infos[inode] = (result.info, result.birth)
             now = time.time()
             if result.local:
@@ -358,46 +378,40 @@ class Sender:
                 heapq.heappush(self.pqdone, (now, inode))
 
     def commit_due(self, now: float, everything: bool = False) -> None:
-        """Make pending messages durable: fsync whatever of their
-        info/local/remote files still exists, then have qmail-clean drop
-        todo/intd.  On trouble they stay pending and are retried later."""
+        """Make pending messages durable: write info and whatever is left of
+        local/remote (done recipients already marked D, retry times in the
+        mtimes), fsync them, then have qmail-clean drop todo/intd.  On
+        trouble they stay pending and are tried again later."""
         if not self.pending:
             self.pending_due = math.inf
             return
         if not everything and self.pending_due > now:
             return
-        ready = [i for i, due in self.pending.items() if everything or due <= now]
+        ready = [i for i, p in self.pending.items() if everything or p.due <= now]
+        written: list[int] = []
         fds: list[int] = []
-        trouble = False
         for inode in ready:
-            for sub in ("info", "local", "remote"):
-                try:
-                    fds.append(os.open(self.qpath(sub, inode), os.O_RDONLY))
-                except FileNotFoundError:
-                    pass  # that part is done (or the message has none)
-                except OSError as exc:
-                    trouble = True
-                    self.log(
-                        f"warn: {self.argv0}: {self.queuedesc}: trouble opening "
-                        f"{sub}/{inode}: {exc.strerror}\n"
-                    )
+            p = self.pending[inode]
+            try:
+                fds += write_channel_files(self.qpath, inode, p.info, p.birth, p.chans, p.retry)
+                written.append(inode)
+            except TodoError as exc:
+                self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
+                p.due = now + SLEEP_SYSFAIL
         try:
             sync_all(fds)
         except TodoError as exc:
-            trouble = True
             self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
-        if trouble:
-            retry = now + SLEEP_SYSFAIL
-            for inode in ready:
-                self.pending[inode] = retry
-        else:
-            cleaned = self.clean_many([f"todo/{inode}" for inode in ready])
-            for inode, ok in zip(ready, cleaned, strict=True):
-                if ok:
-                    del self.pending[inode]
-                else:
-                    self.pending[inode] = now + SLEEP_SYSFAIL
-        self.pending_due = min(self.pending.values(), default=math.inf)
+            for inode in written:
+                self.pending[inode].due = now + SLEEP_SYSFAIL
+            written = []
+        cleaned = self.clean_many([f"todo/{inode}" for inode in written])
+        for inode, ok in zip(written, cleaned, strict=True):
+            if ok:
+                del self.pending[inode]  # from now on the files are the record
+            else:
+                self.pending[inode].due = now + SLEEP_SYSFAIL
+        self.pending_due = min((p.due for p in self.pending.values()), default=math.inf)
 
     def clean(self, request: str) -> bool:
         return self.clean_many([request])[0]
@@ -425,7 +439,8 @@ class Sender:
 
     # -- passes and deliveries ------------------------------------------
     def read_info(self, inode: int) -> tuple[bytes, bytes, bytes, float] | None:
-        cached = self.infos.get(inode)
+        p = self.pending.get(inode)
+        cached = (p.info, p.birth) if p is not None else self.infos.get(inode)
         if cached is not None:
             data, birth = cached
         else:
@@ -450,12 +465,19 @@ class Sender:
         _dt, inode = heapq.heappop(self.pq[c])
         chanpath = self.qpath(CHAN_FILE[c], inode)
         info = self.read_info(inode)
-        try:
-            data, _st = read_small(chanpath)
-        except FileNotFoundError:
-            return True  # already done (stale heap entry)
-        except OSError:
-            info = None
+        p = self.pending.get(inode)
+        if p is not None:
+            chan = p.chans[c]
+            if chan is None:
+                return True  # already done (stale heap entry)
+            data = bytes(chan)
+        else:
+            try:
+                data, _st = read_small(chanpath)
+            except FileNotFoundError:
+                return True  # already done (stale heap entry)
+            except OSError:
+                info = None
         if info is None:
             self.log(
                 f"warn: {self.argv0}: {self.queuedesc}: trouble opening {chanpath}; "
@@ -596,23 +618,25 @@ class Sender:
         self.markdone(c, job.id, pos)
 
     def markdone(self, c: int, inode: int, pos: int) -> None:
+        p = self.pending.get(inode)
+        if p is not None:
+            chan = p.chans[c]
+            if chan is not None:
+                chan[pos] = 0x44  # 'D', written by commit_due
+            return
         path = self.qpath(CHAN_FILE[c], inode)
-        while True:
+        try:
+            fd = os.open(path, os.O_WRONLY)
             try:
-                fd = os.open(path, os.O_WRONLY)
-                try:
-                    os.pwrite(fd, b"D", pos)
-                    if inode not in self.pending:  # else commit_due syncs it
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-                return
-            except OSError as exc:
-                self.log(
-                    f"warn: {self.argv0}: {self.queuedesc}: trouble marking {path}: "
-                    f"{exc.strerror}; message will be delivered twice!\n"
-                )
-                return
+                os.pwrite(fd, b"D", pos)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.log(
+                f"warn: {self.argv0}: {self.queuedesc}: trouble marking {path}: "
+                f"{exc.strerror}; message will be delivered twice!\n"
+            )
 
     def addbounce(self, inode: int, recipient: bytes, report: bytes) -> None:
         path = self.layout.root / "bounce" / str(inode)
@@ -631,6 +655,19 @@ class Sender:
     def job_close(self, job: Job) -> None:
         job.refs -= 1
         if job.refs > 0:
+            return
+        p = self.pending.get(job.id)
+        if p is not None:
+            if job.hit_eof and job.numtodo == 0:
+                p.chans[job.channel] = None
+                if p.chans[1 - job.channel] is None:
+                    heapq.heappush(self.pqdone, (time.time(), job.id))
+            else:
+                # a deferral: the message stays a while, make it durable now
+                p.retry[job.channel] = job.retry
+                p.due = 0.0
+                self.pending_due = 0.0
+                heapq.heappush(self.pq[job.channel], (job.retry, job.id))
             return
         if job.hit_eof and job.numtodo == 0:
             path = self.qpath(CHAN_FILE[job.channel], job.id)
@@ -658,12 +695,17 @@ class Sender:
     # -- done messages -----------------------------------------------------
     def messdone(self, inode: int) -> None:
         qpath = self.qpath
-        for c in CHANNELS:
-            if os.path.exists(qpath(CHAN_FILE[c], inode)):
+        p = self.pending.get(inode)
+        pending = p is not None
+        if p is not None:
+            if p.chans[0] is not None or p.chans[1] is not None:
                 return
-        pending = inode in self.pending
-        if not pending and os.path.exists(qpath("todo", inode)):
-            return
+        else:
+            for c in CHANNELS:
+                if os.path.exists(qpath(CHAN_FILE[c], inode)):
+                    return
+            if os.path.exists(qpath("todo", inode)):
+                return
         info = self.read_info(inode)
         if info is None:
             return
@@ -673,7 +715,8 @@ class Sender:
         self.log(f"end msg {inode} {self.argv0}: {self.queuedesc}\n")
         self.infos.pop(inode, None)
         try:
-            os.unlink(qpath("info", inode))
+            if not pending:  # a pending message has no info file
+                os.unlink(qpath("info", inode))
         except FileNotFoundError:
             pass
         except OSError:
@@ -685,7 +728,7 @@ class Sender:
             return
         if pending:
             # done before its commit: todo/intd go with the message, and
-            # info/local/remote were never worth an fsync
+            # info/local/remote were never written
             del self.pending[inode]
             if not self.pending:
                 self.pending_due = math.inf

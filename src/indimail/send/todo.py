@@ -10,11 +10,14 @@ that last step just repeats the work on the next start: todo still exists.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from indimail.queue.layout import Layout
 from indimail.send.rewrite import LOCAL, Rewriter
+
+CHAN_SUBS = ("local", "remote")
 
 
 class QueuePaths:
@@ -87,6 +90,7 @@ class Preprocessed:
     remote: list[bytes]
     info: bytes = b""  # the info file's records
     birth: float = 0.0  # the info file's mtime
+    chans: tuple[bytes, bytes] = (b"", b"")  # local/ and remote/ records (b"": none)
 
 
 def parse_queue_envelope(data: bytes) -> tuple[dict[str, bytes], list[bytes]]:
@@ -158,13 +162,20 @@ def _unlink_quiet(path: str | Path) -> None:
 
 
 def preprocess(
-    layout: Layout, inode: int, rewriter: Rewriter, unsynced: list[int] | None = None
+    layout: Layout,
+    inode: int,
+    rewriter: Rewriter,
+    unsynced: list[int] | None = None,
+    write: bool = True,
 ) -> Preprocessed | None:
     """Write info/local/remote for ``todo/<inode>``; None if it vanished.
 
     With ``unsynced`` the new files are left open there, unsynced: the
     caller must :func:`sync_all` them before it asks qmail-clean to remove
-    intd and todo.
+    intd and todo.  With ``write`` false nothing is written (stale files of
+    an earlier attempt are still removed): the caller keeps the records in
+    memory while todo/ still holds the message, and writes them later with
+    :func:`write_channel_files` (qmail-send's deferred commit).
     """
     qpath = queue_paths(layout)
     todo = qpath("todo", inode)
@@ -193,13 +204,16 @@ def preprocess(
     for rcpt in rcpts:
         chan, addr = rewriter.classify(rcpt)
         chans[chan].append(addr)
-    try:
-        info_st = _write_new(info, info_data, True, unsynced)
-        for chan, path in ((LOCAL, local), ("R", remote)):
-            if chans[chan]:
-                _write_new(path, b"".join(b"T" + a + b"\0" for a in chans[chan]), True, unsynced)
-    except OSError as exc:
-        raise TodoError(f"trouble writing {exc.filename}: {exc.strerror}") from None
+    records = tuple(b"".join(b"T" + a + b"\0" for a in chans[c]) for c in (LOCAL, "R"))
+    birth = time.time()
+    if write:
+        try:
+            birth = _write_new(info, info_data, True, unsynced).st_mtime
+            for data, path in zip(records, (local, remote), strict=True):
+                if data:
+                    _write_new(path, data, True, unsynced)
+        except OSError as exc:
+            raise TodoError(f"trouble writing {exc.filename}: {exc.strerror}") from None
     return Preprocessed(
         inode=inode,
         sender=single["F"],
@@ -209,5 +223,33 @@ def preprocess(
         local=chans["L"],
         remote=chans["R"],
         info=info_data,
-        birth=info_st.st_mtime,
+        birth=birth,
+        chans=(records[0], records[1]),
     )
+
+
+def write_channel_files(
+    qpath: QueuePaths, inode: int, info: bytes, birth: float, chans, retry
+) -> list[int]:
+    """Write info/<inode> (mtime ``birth``) and the channel files that have
+    records left (``chans``: local, remote contents or None; mtime the
+    channel's next ``retry`` when set); return their open fds for the
+    caller to sync.  Files of an interrupted earlier attempt are replaced."""
+    fds: list[int] = []
+    try:
+        for sub, data, when in (("info", info, birth), *zip(CHAN_SUBS, chans, retry, strict=True)):
+            if data is None:
+                continue
+            path = qpath(sub, inode)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fds.append(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if when:
+                os.utime(fd, (when, when))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise TodoError(f"trouble writing {exc.filename or 'queue file'}: {exc.strerror}") from None
+    return fds
