@@ -123,7 +123,8 @@ def _dir_key(directory: str) -> tuple[int, int, int, int] | None:
 
 def _known_absent(spath: str) -> tuple[bool, tuple[int, int, int, int] | None]:
     """(still absent for sure, the directory key to remember it under)."""
-    dkey = _dir_key(os.path.dirname(spath))
+    head = spath.rpartition("/")[0]  # os.path.dirname, without its overhead
+    dkey = _dir_key(head or ("/" if spath.startswith("/") else "."))
     if dkey is None:
         return False, None
     if _absent.get(spath) == dkey:

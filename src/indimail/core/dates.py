@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -10,11 +11,19 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def date822fmt(when: float | None = None) -> str:
     """qmail's date822fmt: ``27 Nov 2026 00:13:25 -0000`` (UTC, no weekday)."""
-    t = time.gmtime(when if when is not None else time.time())
-    return (
+    second = math.floor(when if when is not None else time.time())
+    if _last_second[0] == second:  # a busy qmail-smtpd stamps many per second
+        return _last_second[1]
+    t = time.gmtime(second)
+    text = (
         f"{t.tm_mday} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} -0000"
     )
+    _last_second[:] = [second, text]
+    return text
+
+
+_last_second: list = [None, ""]  # (second, its text): the last one formatted
 
 
 def rfc5322_date(when: float | None = None) -> str:

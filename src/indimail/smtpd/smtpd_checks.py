@@ -141,7 +141,7 @@ class RcptHosts:
         self.present = lowered is not None
         self.hosts = lowered[1] if lowered is not None else frozenset()
         self.has_more = _has("morercpthosts.cdb", controldir)
-        self.more = control.control_path("morercpthosts.cdb", controldir)
+        self.more = control.control_path("morercpthosts.cdb", controldir) if self.has_more else None
 
     def allowed(self, addr: bytes) -> bool:
         if not self.present:
