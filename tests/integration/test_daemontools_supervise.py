@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -265,7 +266,10 @@ def test_state_in_rundir(tmp_path: Path, sleepers):
     try:
         assert wait_for(lambda: status(state)[0] and status(state / "log")[0])
         pidfile = rundir / "svscan" / ".svscan.pid"
-        assert pidfile.read_bytes().split(b"\n")[1] == str(proc.pid).encode()
+        # 4 bytes of binary pid, newline, decimal pid, newline (the binary
+        # part may itself contain a newline byte: pid 2577 is 11 0a 00 00)
+        data = pidfile.read_bytes()
+        assert data == struct.pack("=i", proc.pid) + b"\n" + str(proc.pid).encode() + b"\n"
         assert not (scandir / ".svscan.pid").exists()
         assert not (d / "supervise").exists() and not (d / "log" / "supervise").exists()
         assert oct((state / "supervise").stat().st_mode & 0o777) == "0o700"
