@@ -152,3 +152,50 @@ def test_rotate_every_n_seconds(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def _ctx_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_busy_writer_line_by_line_costs_few_wakeups(tmp_path: Path):
+    # qmail-send and tcpserver -v write one line at a time; multilog reads a
+    # busy input at most every COALESCE (10 ms), so 300 lines written 1 ms
+    # apart wake it a few dozen times, not 300, and every line still lands
+    proc = subprocess.Popen(
+        [str(INDIMAIL), "multilog", "t", "./main"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert proc.stdin is not None
+        time.sleep(0.5)  # started and waiting
+        before = _ctx_switches(proc.pid)
+        t0 = time.monotonic()
+        for i in range(300):
+            proc.stdin.write(b"line %03d\n" % i)
+            proc.stdin.flush()
+            time.sleep(0.001)
+        elapsed = time.monotonic() - t0
+        current = tmp_path / "main" / "current"
+        deadline = time.monotonic() + 10
+        while b"line 299\n" not in current.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        wakeups = _ctx_switches(proc.pid) - before
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    lines = [line.split(b" ", 1)[1] for line in current.read_bytes().splitlines()]
+    assert lines == [b"line %03d" % i for i in range(300)]
+    # one read per 10 ms at most (plus the final wait): far below one per line
+    assert wakeups <= elapsed / 0.01 * 1.5 + 30, (wakeups, elapsed)
+    assert wakeups < 200, (wakeups, elapsed)

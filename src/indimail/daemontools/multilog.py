@@ -31,6 +31,7 @@ from indimail.core.errors import Fatal, UsageError
 
 PAUSE = 5.0  # seconds to wait after a disk error before retrying
 MAXLINE = 1000
+COALESCE = 0.01  # seconds between two reads of a busy input (see _run)
 UNLIMITED = -1
 
 
@@ -491,6 +492,7 @@ class Multilog:
         pending = b""  # partial line (raw bytes, no timestamp)
         stamp = b""  # timestamp of the first byte of the pending line
         midline = False
+        last_read = 0.0
         while True:
             for d in self.dirs:
                 self._flush(d)
@@ -505,15 +507,23 @@ class Multilog:
                 ready = {fd for fd, _ev in poller.poll()}
             except InterruptedError:  # pragma: no cover
                 ready = set()
-            try:
-                while os.read(wake, 256):
+            if wake in ready:
+                try:
+                    while os.read(wake, 256):
+                        pass
+                except BlockingIOError:
                     pass
-            except BlockingIOError:
-                pass
             if self.flagexit and not midline:
                 break
             if infd not in ready:
                 continue  # woken by a signal (ALRM, rN): nothing to read yet
+            # A busy writer (qmail-send, tcpserver -v) sends a line at a
+            # time: read at most every COALESCE seconds, so that one wake-up
+            # takes many lines.  A line after a quiet spell is read at once.
+            since = time.monotonic() - last_read
+            if since < COALESCE and not self.flagexit:
+                time.sleep(COALESCE - since)
+            last_read = time.monotonic()
             try:
                 data = os.read(infd, 1 if self.flagexit else 65536)
             except BlockingIOError:
