@@ -181,3 +181,27 @@ def test_commit_writes_what_is_left(instance, delivery):
     release.touch()
     delivery.wait_for(lambda: queue_empty(instance) and instance.files("mess") == [])
     assert starts(runs) == 1
+
+
+def test_failed_commit_leaves_nothing_once_the_message_is_done(instance, delivery):
+    # the commit cannot write local/ (a file where the directory should be):
+    # info/ is written, the commit fails and is retried later; the message
+    # finishes meanwhile, and everything it had on disk goes with it
+    runs, release = slow_program(instance, "slow")
+    inject(instance, "slow@mx.example.test")
+    delivery.wait_for(lambda: starts(runs) == 1)
+    queue = next(q for q in (instance.queue(1), instance.queue(2)) if any((q / "todo").rglob("*")))
+    (queue / "local").rename(queue / "local.saved")
+    (queue / "local").write_text("not a directory\n")
+    try:
+        delivery.wait_for(lambda: any(": trouble writing " in x for x in delivery.lines()), 15)
+        assert len(instance.files("info")) == 1  # written before local/ failed
+        assert len(instance.files("todo")) == 1  # so todo still holds it
+    finally:
+        (queue / "local").unlink()
+        (queue / "local.saved").rename(queue / "local")
+    release.touch()
+    delivery.wait_for(lambda: queue_empty(instance) and instance.files("mess") == [])
+    for sub in ("todo", "intd", "info", "local", "remote"):
+        assert instance.files(sub) == [], sub
+    assert starts(runs) == 1

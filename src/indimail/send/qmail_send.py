@@ -17,6 +17,7 @@ everything up from there.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import heapq
 import math
@@ -109,6 +110,7 @@ class Pending:
     birth: float  # info/<id>'s mtime
     chans: list[bytearray | None]  # local/ and remote/ records; None: none left
     retry: list[float] = field(default_factory=lambda: [0.0, 0.0])  # channel files' mtimes
+    written: bool = False  # a commit attempt may have left files behind
 
 
 @dataclass
@@ -392,6 +394,7 @@ class Sender:
         fds: list[int] = []
         for inode in ready:
             p = self.pending[inode]
+            p.written = True
             try:
                 fds += write_channel_files(self.qpath, inode, p.info, p.birth, p.chans, p.retry)
                 written.append(inode)
@@ -715,8 +718,12 @@ class Sender:
         self.log(f"end msg {inode} {self.argv0}: {self.queuedesc}\n")
         self.infos.pop(inode, None)
         try:
-            if not pending:  # a pending message has no info file
+            if not pending:
                 os.unlink(qpath("info", inode))
+            elif p is not None and p.written:  # what a failed commit left
+                for sub in ("remote", "local", "info"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(qpath(sub, inode))
         except FileNotFoundError:
             pass
         except OSError:
