@@ -394,9 +394,11 @@ class Sender:
         fds: list[int] = []
         for inode in ready:
             p = self.pending[inode]
-            p.written = True
+            again, p.written = p.written, True
             try:
-                fds += write_channel_files(self.qpath, inode, p.info, p.birth, p.chans, p.retry)
+                fds += write_channel_files(
+                    self.qpath, inode, p.info, p.birth, p.chans, p.retry, again
+                )
                 written.append(inode)
             except TodoError as exc:
                 self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
@@ -411,7 +413,9 @@ class Sender:
         cleaned = self.clean_many([f"todo/{inode}" for inode in written])
         for inode, ok in zip(written, cleaned, strict=True):
             if ok:
-                del self.pending[inode]  # from now on the files are the record
+                p = self.pending.pop(inode)  # from now on the files are the record
+                if len(self.infos) < INFO_CACHE_MAX:
+                    self.infos[inode] = (p.info, p.birth)
             else:
                 self.pending[inode].due = now + SLEEP_SYSFAIL
         self.pending_due = min((p.due for p in self.pending.values()), default=math.inf)

@@ -229,16 +229,20 @@ def preprocess(
 
 
 def write_channel_files(
-    qpath: QueuePaths, inode: int, info: bytes, birth: float, chans, retry
+    qpath: QueuePaths, inode: int, info: bytes, birth: float, chans, retry, again: bool = False
 ) -> list[int]:
     """Write info/<inode> (mtime ``birth``) and the channel files that have
     records left (``chans``: local, remote contents or None; mtime the
     channel's next ``retry`` when set); return their open fds for the
-    caller to sync.  Files of an interrupted earlier attempt are replaced."""
+    caller to sync.  Files of an interrupted earlier attempt are replaced;
+    with ``again`` (there was one) a channel with nothing left loses its
+    file of that attempt too."""
     fds: list[int] = []
     try:
         for sub, data, when in (("info", info, birth), *zip(CHAN_SUBS, chans, retry, strict=True)):
             if data is None:
+                if again:
+                    _unlink_quiet(qpath(sub, inode))
                 continue
             path = qpath(sub, inode)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
