@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -10,23 +11,37 @@ import time
 from pathlib import Path
 
 INDIMAIL = Path(sys.executable).parent / "indimail"
+
+
+@contextlib.contextmanager
+def multilog(tmp_path: Path, *script: str):
+    """Our multilog running ``script`` in ``tmp_path``, its stdin a pipe;
+    killed at the end if the test did not make it exit."""
+    proc = subprocess.Popen(
+        [str(INDIMAIL), "multilog", *script],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert proc.stdin is not None
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 TOTAL = 100_000
 CHUNK = 100  # lines per write: fewer rotations than the 4 old files kept
 
 
 def test_100k_lines_complete_and_in_order(tmp_path: Path):
     main = tmp_path / "main"
-    proc = subprocess.Popen(
-        [str(INDIMAIL), "multilog", "t", "s4096", "n5", "./main"],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
-    )
     collected: dict[str, bytes] = {}
     deadline = time.monotonic() + 240
-    try:
-        assert proc.stdin is not None
+    with multilog(tmp_path, "t", "s4096", "n5", "./main") as proc:
         for start in range(0, TOTAL, CHUNK):
             chunk = b"".join(b"line %06d of the test\n" % i for i in range(start, start + CHUNK))
             proc.stdin.write(chunk)
@@ -40,10 +55,6 @@ def test_100k_lines_complete_and_in_order(tmp_path: Path):
             _collect(main, collected)
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else b""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     _collect(main, collected)
     assert len(collected) > 1000  # many rotations happened
     for name in collected:
@@ -124,15 +135,7 @@ def test_tai64n_prefixes_each_line():
 
 def test_rotate_every_n_seconds(tmp_path: Path):
     main = tmp_path / "main"
-    proc = subprocess.Popen(
-        [str(INDIMAIL), "multilog", "r1", "./main"],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    try:
-        assert proc.stdin is not None
+    with multilog(tmp_path, "r1", "./main") as proc:
         proc.stdin.write(b"first\n")
         proc.stdin.flush()
         deadline = time.monotonic() + 10
@@ -148,10 +151,6 @@ def test_rotate_every_n_seconds(tmp_path: Path):
         proc.stdin.close()
         assert proc.wait(timeout=10) == 0
         assert (main / "current").read_bytes() == b"second\n"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _ctx_switches(pid: int) -> int:
@@ -166,15 +165,7 @@ def test_busy_writer_line_by_line_costs_few_wakeups(tmp_path: Path):
     # qmail-send and tcpserver -v write one line at a time; multilog reads a
     # busy input at most every COALESCE (10 ms), so 300 lines written 1 ms
     # apart wake it a few dozen times, not 300, and every line still lands
-    proc = subprocess.Popen(
-        [str(INDIMAIL), "multilog", "t", "./main"],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    try:
-        assert proc.stdin is not None
+    with multilog(tmp_path, "t", "./main") as proc:
         time.sleep(0.5)  # started and waiting
         before = _ctx_switches(proc.pid)
         t0 = time.monotonic()
@@ -190,10 +181,6 @@ def test_busy_writer_line_by_line_costs_few_wakeups(tmp_path: Path):
         wakeups = _ctx_switches(proc.pid) - before
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     lines = [line.split(b" ", 1)[1] for line in current.read_bytes().splitlines()]
     assert lines == [b"line %03d" % i for i in range(300)]
     # one read per 10 ms at most (plus the final wait): far below one per line
