@@ -359,19 +359,18 @@ def _values(
     return out, source
 
 
-# Paths fields that are not directories; every other field is one.
-_NOT_DIRS = frozenset(
-    [
-        "queue_base_env",
-        "queue_count",
-        "queue_start",
-        "conf_split",
-        "bigtodo",
-        "users",
-        "groups",
-        "source",
-        "rootless",
-    ]
+# Paths fields that are not directories (every other field is one); Places
+# has them all too, "source" last.
+_NOT_DIRS = (
+    "queue_base_env",  # Places: "" when unset, ask control/queue_base
+    "queue_count",
+    "queue_start",
+    "conf_split",
+    "bigtodo",
+    "users",
+    "groups",
+    "rootless",
+    "source",
 )
 _DIR_FIELDS = tuple(f for f in Paths._fields if f not in _NOT_DIRS)
 
@@ -396,21 +395,7 @@ class Places(_Roles):
     as plain strings (no pathlib): the control directory, the queues and
     the role names.  Same sources, same precedence as :func:`load`."""
 
-    _fields = (
-        "controldir",
-        "qmailhome",
-        "sysconfdir",
-        "rundir",
-        "queue_base_env",  # "" when unset: ask control/queue_base
-        "queue_count",
-        "queue_start",
-        "conf_split",
-        "bigtodo",
-        "users",
-        "groups",
-        "rootless",
-        "source",
-    )
+    _fields = ("controldir", "qmailhome", "sysconfdir", "rundir", *_NOT_DIRS)
     __slots__ = _fields
     controldir: str
     qmailhome: str
