@@ -78,15 +78,15 @@ def stable_key(path: str) -> tuple[int, int, int, int, int] | None:
 # Absent files within a session.  qmail-smtpd asks for ~20 control files
 # per connection that most sites never create (badmailfrom, goodrcptto.cdb,
 # tarpitcount...), one failed stat each.  While a pooled session runs
-# (:func:`session`), a file found absent is remembered with the key of its
-# directory (dev, ino, mtime_ns, ctime_ns) as it was before the file was
-# looked for: creating, renaming or linking any file there changes that key,
+# (:func:`session`), a file found absent is remembered with the stat key of
+# its directory as it was before the file was looked for (stable_key, as for
+# files): creating, renaming or linking any file there changes that key,
 # so one stat of the directory per session stands for all of them.  As for
 # files, a directory changed within RACY_NS is not trusted, and a dangling
 # symlink is never remembered (its target may appear elsewhere).  Outside a
 # session nothing changes: every read stats its file.
-_absent: dict[str, tuple[int, int, int, int]] = {}
-_session_dirs: dict[str, tuple[int, int, int, int] | None] | None = None
+_absent: dict[str, tuple[int, int, int, int, int]] = {}
+_session_dirs: dict[str, tuple[int, int, int, int, int] | None] | None = None
 
 
 class session:  # lower case: used as ``with control.session():``
@@ -101,30 +101,19 @@ class session:  # lower case: used as ``with control.session():``
         _session_dirs = None
 
 
-def _dir_key(directory: str) -> tuple[int, int, int, int] | None:
-    """The session's key of ``directory`` (stat once per session); None if
-    it changed within RACY_NS or cannot be stat'ed."""
+def _known_absent(spath: str) -> tuple[bool, tuple[int, int, int, int, int] | None]:
+    """(still absent for sure, the directory key to remember it under);
+    (False, None) outside a session or when the directory is not settled."""
     dirs = _session_dirs
     if dirs is None:
-        return None
-    if directory in dirs:
-        return dirs[directory]
-    key = None
-    try:
-        st = os.stat(directory)
-    except OSError:
-        pass
-    else:
-        if _settled(st, time.time_ns()):
-            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-    dirs[directory] = key
-    return key
-
-
-def _known_absent(spath: str) -> tuple[bool, tuple[int, int, int, int] | None]:
-    """(still absent for sure, the directory key to remember it under)."""
+        return False, None
     head = spath.rpartition("/")[0]  # os.path.dirname, without its overhead
-    dkey = _dir_key(head or ("/" if spath.startswith("/") else "."))
+    directory = head or ("/" if spath.startswith("/") else ".")
+    if directory in dirs:
+        dkey = dirs[directory]
+    else:  # the directory's one stat of this session
+        dkey = stable_key(directory)
+        dirs[directory] = dkey
     if dkey is None:
         return False, None
     if _absent.get(spath) == dkey:
@@ -133,7 +122,7 @@ def _known_absent(spath: str) -> tuple[bool, tuple[int, int, int, int] | None]:
     return False, dkey
 
 
-def _note_absent(spath: str, dkey: tuple[int, int, int, int] | None) -> None:
+def _note_absent(spath: str, dkey: tuple[int, int, int, int, int] | None) -> None:
     if dkey is not None and not os.path.islink(spath):
         _absent[spath] = dkey
 
@@ -147,7 +136,7 @@ def _str_path(name: str, controldir: Path | None) -> str:
 def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | None:
     """(contents, parse cache or None) of control ``name``; None if missing."""
     spath = _str_path(name, controldir)
-    gone, dkey = _known_absent(spath) if _session_dirs is not None else (False, None)
+    gone, dkey = _known_absent(spath)
     if gone:
         return None
     try:
@@ -300,7 +289,7 @@ def exists(name: str, *, controldir: Path | None = None) -> bool:
     """Whether control ``name`` exists (Path.exists: a missing directory on
     the way is False, other errors such as EACCES are raised)."""
     spath = _str_path(name, controldir)
-    gone, dkey = _known_absent(spath) if _session_dirs is not None else (False, None)
+    gone, dkey = _known_absent(spath)
     if gone:
         return False
     try:
