@@ -34,6 +34,7 @@ from indimail.queue.layout import Layout
 from indimail.send import bounce as _bounce
 from indimail.send.rewrite import Rewriter
 from indimail.send.todo import (
+    CHAN_SUBS,
     TodoError,
     preprocess,
     queue_paths,
@@ -44,7 +45,7 @@ from indimail.send.todo import (
 
 CHANNELS = (0, 1)  # 0 local, 1 remote
 CHAN_NAME = ("local", "remote")
-CHAN_FILE = ("local", "remote")
+CHAN_FILE = CHAN_SUBS  # local/<id>, remote/<id>
 CHANSKIP = (10, 20)
 SLEEP_SYSFAIL = 123
 SLEEP_TODO = 1500

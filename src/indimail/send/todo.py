@@ -244,14 +244,9 @@ def write_channel_files(
                 if again:
                     _unlink_quiet(qpath(sub, inode))
                 continue
-            path = qpath(sub, inode)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            fds.append(fd)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_new(qpath(sub, inode), data, False, fds)
             if when:
-                os.utime(fd, (when, when))
+                os.utime(fds[-1], (when, when))
     except OSError as exc:
         for fd in fds:
             os.close(fd)
