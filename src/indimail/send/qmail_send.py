@@ -704,7 +704,6 @@ class Sender:
     def messdone(self, inode: int) -> None:
         qpath = self.qpath
         p = self.pending.get(inode)
-        pending = p is not None
         if p is not None:
             if p.chans[0] is not None or p.chans[1] is not None:
                 return
@@ -723,9 +722,9 @@ class Sender:
         self.log(f"end msg {inode} {self.argv0}: {self.queuedesc}\n")
         self.infos.pop(inode, None)
         try:
-            if not pending:
+            if p is None:
                 os.unlink(qpath("info", inode))
-            elif p is not None and p.written:  # what a failed commit left
+            elif p.written:  # what a failed commit left
                 for sub in ("remote", "local", "info"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(qpath(sub, inode))
@@ -738,9 +737,9 @@ class Sender:
             )
             heapq.heappush(self.pqdone, (time.time() + SLEEP_SYSFAIL, inode))
             return
-        if pending:
-            # done before its commit: todo/intd go with the message, and
-            # info/local/remote were never written
+        if p is not None:
+            # done before its commit: todo/intd go with the message, whose
+            # info/local/remote were never written (or removed above)
             del self.pending[inode]
             if not self.pending:
                 self.pending_due = math.inf
