@@ -66,7 +66,11 @@ def test_svscanboot_with_scanlog_initcmd_and_shutdown(tmp_path: Path):
     _script(scandir / ".svscan" / "shutdown", f"echo shutdown > {marks}/shutdown")
     (scandir / ".svscan" / "log").mkdir()
     _script(scandir / ".svscan" / "log" / "run", "exec multilog t ./main")
-    d = make_service(scandir, "envcheck", f"env > {marks}/env.tmp\nmv {marks}/env.tmp {marks}/env\nexec sleep 1007.1")
+    d = make_service(
+        scandir,
+        "envcheck",
+        f"env > {marks}/env.tmp\nmv {marks}/env.tmp {marks}/env\nexec sleep 1007.1",
+    )
     (scandir / "norun").mkdir()  # svscan warns about it at every scan
     tree = Tree(scandir)
     env = sv_env(OUTER="leaked")
