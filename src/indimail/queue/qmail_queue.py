@@ -8,7 +8,8 @@ order is the original's and is what makes a kill -9 at any moment safe:
 2. link it to ``mess/<inode%split>/<inode>``, unlink the pid file;
 3. write the Received line and the message to mess;
 4. create ``intd/<inode>`` exclusively and write the envelope;
-5. fsync mess and intd (always: durability is not optional here);
+5. fsync mess and intd (always: durability is not optional here), and with
+   ``USE_SYNCDIR`` also their directories;
 6. link ``intd/<inode>`` to ``todo/<inode>``: the commit point;
 7. fsync todo's directory entry, then poke ``lock/trigger``.
 
@@ -284,6 +285,7 @@ def enqueue(
     if qqeh is None and not environ.get("FASTQUEUE"):
         qqeh = environ.get("QQEH") or None
     datasync = fsync_mode(environ)
+    syncdir = bool(environ.get("USE_SYNCDIR"))
     root = layout.root_s
     if not os.path.isdir(root):
         raise QueueError(codes.CHDIR, f"trouble doing cd to queue directory {root}")
@@ -365,6 +367,11 @@ def enqueue(
             raise QueueError(
                 codes.FSYNC_ERR, f"trouble syncing message to disk: {exc.strerror}"
             ) from None
+        if syncdir:
+            # the original's USE_SYNCDIR: the directories holding the new
+            # names too, for file systems that do not order metadata
+            _sync_dir(os.path.dirname(messfn))
+            _sync_dir(os.path.dirname(intdfn))
         # 6. commit.
         try:
             os.link(intdfn, todofn)

@@ -180,6 +180,8 @@ class Sender:
     ) -> None:
         self.layout = layout
         self.qpath = queue_paths(layout)
+        # the original's syncdir: also fsync the directories of new files
+        self.syncdir = bool(os.environ.get("USE_SYNCDIR"))
         # info/<id> as written by preprocessing: (records, mtime); saves
         # reading it back for every pass and at the end of the message
         self.infos: dict[int, tuple[bytes, float]] = {}
@@ -211,6 +213,14 @@ class Sender:
         self.pending_due = math.inf
 
     # -- logging -------------------------------------------------------
+    def new_name_dirs(self, inodes: list[int]) -> list[str]:
+        """With USE_SYNCDIR, the info/local/remote directories that preprocessing
+        of ``inodes`` created names in; none otherwise."""
+        if not self.syncdir:
+            return []
+        subs = ("info", *CHAN_SUBS)
+        return sorted({os.path.dirname(self.qpath(sub, i)) for i in inodes for sub in subs})
+
     def log(self, text: str) -> None:
         """Queue a log line; :meth:`flush_log` writes them (the main loop
         does before it waits, so nothing stays behind while idle)."""
@@ -342,7 +352,7 @@ class Sender:
                 done.append(result)
         if not defer:
             try:
-                sync_all(unsynced)
+                sync_all(unsynced, self.new_name_dirs(inodes))
             except TodoError as exc:
                 # todo/ still holds them: the next scan redoes the work
                 self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
@@ -405,7 +415,7 @@ class Sender:
                 self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
                 p.due = now + SLEEP_SYSFAIL
         try:
-            sync_all(fds)
+            sync_all(fds, self.new_name_dirs(written))
         except TodoError as exc:
             self.log(f"warn: {self.argv0}: {self.queuedesc}: {exc}\n")
             for inode in written:

@@ -17,6 +17,10 @@ from pathlib import Path
 from indimail.queue.layout import Layout
 from indimail.send.rewrite import LOCAL, Rewriter
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 CHAN_SUBS = ("local", "remote")
 
 
@@ -138,9 +142,11 @@ def _write_new(
     return st
 
 
-def sync_all(fds: list[int]) -> None:
+def sync_all(fds: list[int], dirs: Iterable[str] = ()) -> None:
     """fsync and close every fd of a batch; the first fsync commits the
-    journal for all of them, the others find little left to do."""
+    journal for all of them, the others find little left to do.  Then
+    fsync ``dirs``, the directories that got the new names (qmail-send
+    passes them with ``USE_SYNCDIR``, as the original's syncdir does)."""
     error: OSError | None = None
     for fd in fds:
         try:
@@ -150,6 +156,17 @@ def sync_all(fds: list[int]) -> None:
         finally:
             os.close(fd)
     fds.clear()
+    if error is None:
+        for directory in dirs:
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                error = exc
+                break
     if error is not None:
         raise TodoError(f"trouble syncing preprocessed files: {error.strerror}")
 

@@ -195,3 +195,56 @@ def test_unreadable_queue_base_control(instance):
     res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env)
     assert res.returncode == 55
     assert str(instance.control / "queue_base").encode() in res.stderr
+
+
+def _spy_fsync(monkeypatch, fail_dirs: bool = False) -> list[int]:
+    """Record the inode of each file or directory the enqueue fsyncs (its
+    /proc/self/fd name is no use: mess is opened under its pid/ name)."""
+    seen: list[int] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        st = os.fstat(fd)
+        seen.append(st.st_ino)
+        if fail_dirs and stat.S_ISDIR(st.st_mode):
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+@pytest.mark.parametrize("syncdir", ["", "1"])
+def test_syncs_files_and_with_use_syncdir_their_directories(instance, monkeypatch, syncdir):
+    from indimail.queue.layout import Layout
+    from indimail.queue.qmail_queue import Envelope, enqueue
+
+    q = instance.queue(1)
+    layout = Layout(root=q, split=151, bigtodo=False)
+    seen = _spy_fsync(monkeypatch)
+    env = {"USE_SYNCDIR": syncdir} if syncdir else {}
+    inode = enqueue(layout, MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)), environ=env)
+    ino = {
+        name: os.stat(q / name).st_ino
+        for name in (f"mess/{inode % 151}", "intd", "todo", f"intd/{inode}")
+    }
+    want = [inode, ino[f"intd/{inode}"]]  # the message, its envelope
+    if syncdir:
+        want += [ino[f"mess/{inode % 151}"], ino["intd"]]  # the new names' directories
+    want += [ino["todo"]]  # after the commit link, always
+    assert seen == want
+    assert (q / "todo" / str(inode)).read_bytes().endswith(b"Fa@x.test\0Tb@y.test\0")
+
+
+def test_use_syncdir_failure_is_code_69_and_leaves_nothing(instance, monkeypatch):
+    from indimail.queue.layout import Layout
+    from indimail.queue.qmail_queue import Envelope, QueueError, enqueue
+
+    layout = Layout(root=instance.queue(1), split=151, bigtodo=False)
+    _spy_fsync(monkeypatch, fail_dirs=True)
+    envelope = Envelope(b"a@x.test", (b"b@y.test",))
+    with pytest.raises(QueueError) as err:
+        enqueue(layout, MESSAGE, envelope, environ={"USE_SYNCDIR": "1"})
+    assert err.value.code == 69
+    assert "syncing dir" in err.value.reason
+    assert leftovers(instance) == []  # before the commit point: no todo, no mess

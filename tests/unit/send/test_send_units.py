@@ -190,3 +190,43 @@ def test_queue_paths_match_layout(tmp_path, bigtodo):
     for sub in ("mess", "intd", "todo", "info", "local", "remote", "bounce", "pid"):
         for inode in (1, 22, 23, 123456789):
             assert qpath(sub, inode) == str(lay.path(sub, inode))
+
+
+def _fsync_spy(monkeypatch, fail_dirs: bool = False) -> list[int]:
+    import stat
+
+    seen: list[int] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        st = os.fstat(fd)
+        seen.append(st.st_ino)
+        if fail_dirs and stat.S_ISDIR(st.st_mode):
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+def test_sync_all_syncs_files_then_the_directories_given(tmp_path, monkeypatch):
+    """qmail-send's commit with USE_SYNCDIR: the new files, then the
+    directories holding their names; the fds are closed either way."""
+    from indimail.send.todo import TodoError, sync_all
+
+    (tmp_path / "info").mkdir()
+    (tmp_path / "local").mkdir()
+    fds = [os.open(tmp_path / d / "7", os.O_WRONLY | os.O_CREAT, 0o600) for d in ("info", "local")]
+    files = [os.fstat(fd).st_ino for fd in fds]
+    seen = _fsync_spy(monkeypatch)
+    sync_all(fds, [str(tmp_path / "info"), str(tmp_path / "local")])
+    assert seen == files + [os.stat(tmp_path / d).st_ino for d in ("info", "local")]
+    assert fds == []
+
+    fds = [os.open(tmp_path / "info" / "8", os.O_WRONLY | os.O_CREAT, 0o600)]
+    kept = fds[0]
+    _fsync_spy(monkeypatch, fail_dirs=True)
+    with pytest.raises(TodoError, match="trouble syncing preprocessed files"):
+        sync_all(fds, [str(tmp_path / "info")])
+    with pytest.raises(OSError):
+        os.fstat(kept)  # closed although the directory sync failed
