@@ -219,3 +219,23 @@ def make_certs(certdir: Path) -> Path:
     (certdir / "servercert.pem").write_bytes(pem)
     ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     return ca_file
+
+
+def fsync_spy(monkeypatch, fail_dirs: bool = False) -> list[int]:
+    """Record the inode of everything ``os.fsync`` is called on, in order
+    (by inode: /proc/self/fd names a queue's mess file by its pid/ name);
+    with ``fail_dirs`` an fsync of a directory fails with EIO."""
+    import stat
+
+    seen: list[int] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        st = os.fstat(fd)
+        seen.append(st.st_ino)
+        if fail_dirs and stat.S_ISDIR(st.st_mode):
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen

@@ -120,3 +120,13 @@ def layout_for(
         split=split if split is not None else p.conf_split,
         bigtodo=bigtodo if bigtodo is not None else p.bigtodo,
     )
+
+
+def fsync_dir(path: str) -> None:
+    """Make the names in directory ``path`` durable (fsync it); OSError
+    propagates for the caller to word."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

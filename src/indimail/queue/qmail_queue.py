@@ -32,7 +32,7 @@ from indimail.core.dates import date822fmt
 from indimail.core.errors import Fatal
 from indimail.core.record import Record
 from indimail.queue import codes
-from indimail.queue.layout import Layout
+from indimail.queue.layout import Layout, fsync_dir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
@@ -453,19 +453,11 @@ def _internal_envelope(uid: int, pid: int, env: Envelope, qqeh: str | None) -> b
 
 def _sync_dir(directory: str) -> None:
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        fsync_dir(directory)
     except OSError as exc:
         raise QueueError(
             codes.SYNCDIR_ERR, f"trouble syncing dir to disk: {exc.strerror}"
         ) from None
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise QueueError(
-            codes.SYNCDIR_ERR, f"trouble syncing dir to disk: {exc.strerror}"
-        ) from None
-    finally:
-        os.close(fd)
 
 
 def poke_trigger(layout: Layout) -> None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from indimail.queue.layout import Layout
+from indimail.queue.layout import Layout, fsync_dir
 from indimail.send.rewrite import LOCAL, Rewriter
 
 TYPE_CHECKING = False
@@ -159,11 +159,7 @@ def sync_all(fds: list[int], dirs: Iterable[str] = ()) -> None:
     if error is None:
         for directory in dirs:
             try:
-                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(directory)
             except OSError as exc:
                 error = exc
                 break

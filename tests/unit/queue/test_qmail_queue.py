@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from support import fsync_spy
+
 CASES = Path(__file__).parent / "qq_cases"
 MESSAGE = b"Subject: test\n\nhello\n"
 
@@ -197,23 +199,6 @@ def test_unreadable_queue_base_control(instance):
     assert str(instance.control / "queue_base").encode() in res.stderr
 
 
-def _spy_fsync(monkeypatch, fail_dirs: bool = False) -> list[int]:
-    """Record the inode of each file or directory the enqueue fsyncs (its
-    /proc/self/fd name is no use: mess is opened under its pid/ name)."""
-    seen: list[int] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        st = os.fstat(fd)
-        seen.append(st.st_ino)
-        if fail_dirs and stat.S_ISDIR(st.st_mode):
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    return seen
-
-
 @pytest.mark.parametrize("syncdir", ["", "1"])
 def test_syncs_files_and_with_use_syncdir_their_directories(instance, monkeypatch, syncdir):
     from indimail.queue.layout import Layout
@@ -221,7 +206,7 @@ def test_syncs_files_and_with_use_syncdir_their_directories(instance, monkeypatc
 
     q = instance.queue(1)
     layout = Layout(root=q, split=151, bigtodo=False)
-    seen = _spy_fsync(monkeypatch)
+    seen = fsync_spy(monkeypatch)
     env = {"USE_SYNCDIR": syncdir} if syncdir else {}
     inode = enqueue(layout, MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)), environ=env)
     ino = {
@@ -241,7 +226,7 @@ def test_use_syncdir_failure_is_code_69_and_leaves_nothing(instance, monkeypatch
     from indimail.queue.qmail_queue import Envelope, QueueError, enqueue
 
     layout = Layout(root=instance.queue(1), split=151, bigtodo=False)
-    _spy_fsync(monkeypatch, fail_dirs=True)
+    fsync_spy(monkeypatch, fail_dirs=True)
     envelope = Envelope(b"a@x.test", (b"b@y.test",))
     with pytest.raises(QueueError) as err:
         enqueue(layout, MESSAGE, envelope, environ={"USE_SYNCDIR": "1"})

@@ -9,6 +9,7 @@ import pytest
 from indimail.send import bounce, spawn
 from indimail.send.qmail_send import next_retry, safe_log_text
 from indimail.send.rewrite import Rewriter
+from support import fsync_spy
 
 
 @pytest.mark.parametrize(
@@ -192,23 +193,6 @@ def test_queue_paths_match_layout(tmp_path, bigtodo):
             assert qpath(sub, inode) == str(lay.path(sub, inode))
 
 
-def _fsync_spy(monkeypatch, fail_dirs: bool = False) -> list[int]:
-    import stat
-
-    seen: list[int] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        st = os.fstat(fd)
-        seen.append(st.st_ino)
-        if fail_dirs and stat.S_ISDIR(st.st_mode):
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    return seen
-
-
 def test_sync_all_syncs_files_then_the_directories_given(tmp_path, monkeypatch):
     """qmail-send's commit with USE_SYNCDIR: the new files, then the
     directories holding their names; the fds are closed either way."""
@@ -218,14 +202,14 @@ def test_sync_all_syncs_files_then_the_directories_given(tmp_path, monkeypatch):
     (tmp_path / "local").mkdir()
     fds = [os.open(tmp_path / d / "7", os.O_WRONLY | os.O_CREAT, 0o600) for d in ("info", "local")]
     files = [os.fstat(fd).st_ino for fd in fds]
-    seen = _fsync_spy(monkeypatch)
+    seen = fsync_spy(monkeypatch)
     sync_all(fds, [str(tmp_path / "info"), str(tmp_path / "local")])
     assert seen == files + [os.stat(tmp_path / d).st_ino for d in ("info", "local")]
     assert fds == []
 
     fds = [os.open(tmp_path / "info" / "8", os.O_WRONLY | os.O_CREAT, 0o600)]
     kept = fds[0]
-    _fsync_spy(monkeypatch, fail_dirs=True)
+    fsync_spy(monkeypatch, fail_dirs=True)
     with pytest.raises(TodoError, match="trouble syncing preprocessed files"):
         sync_all(fds, [str(tmp_path / "info")])
     with pytest.raises(OSError):
