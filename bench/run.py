@@ -34,7 +34,11 @@ messages):
 During each run the Pss of both process trees (ours: svscan and all its
 descendants; Postfix: master and its children) is sampled every 0.5 s
 (only the system under load: reading smaps_rollup costs CPU); the table
-shows our peak.  Prints the table and writes it as JSON.
+shows our peak.  The last column counts the disk cache flushes per message
+(the block device's "flush requests completed" in /proc/diskstats, read
+before and after each run): every fsync of a file or directory ends in one,
+and they, not the CPU, bound a durable MTA at low concurrency.  Prints the
+table and writes it as JSON.
 Everything started is stopped by pid, also on failure.
 """
 
@@ -414,8 +418,27 @@ def smtp_source(port: int, conc: int, count: int, rcpt: str, timeout: float) -> 
     )
 
 
+def disk_flushes(path: Path) -> int | None:
+    """Flush requests the block device holding ``path`` has completed
+    (/proc/diskstats, Linux 5.5+); None when it cannot be told."""
+    while not path.exists() and path != path.parent:  # Postfix makes it late
+        path = path.parent
+    st = os.stat(path)
+    want = (os.major(st.st_dev), os.minor(st.st_dev))
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 18 and (int(fields[0]), int(fields[1])) == want:
+                    return int(fields[18])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def one_run(system, scenario: str, count: int, sink: Sink, timeout: float) -> dict:
     settle(system)
+    flushes0 = disk_flushes(system.maildir)
     if scenario.startswith("smtp-local"):
         conc = int(scenario.rsplit("c", 1)[1])
         empty_maildir(system.maildir)
@@ -447,7 +470,11 @@ def one_run(system, scenario: str, count: int, sink: Sink, timeout: float) -> di
     else:
         raise ValueError(scenario)
     secs = t1 - t0
-    return {"system": system.name, "seconds": secs, "rate": count / secs}
+    flushes1 = disk_flushes(system.maildir)
+    per_msg = None
+    if flushes0 is not None and flushes1 is not None:
+        per_msg = (flushes1 - flushes0) / count
+    return {"system": system.name, "seconds": secs, "rate": count / secs, "flushes": per_msg}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             one_run(s, "smtp-local c1", 1, sink, 60)
         for scenario, count in scenarios:
             rates: dict[str, list[float]] = {"ours": [], "postfix": []}
+            flushes: dict[str, list[float]] = {"ours": [], "postfix": []}
             peaks: dict[str, int] = {"ours": 0, "postfix": 0}
             for rep in range(reps):
                 order = systems if rep % 2 == 0 else systems[::-1]
@@ -508,9 +536,13 @@ def main(argv: list[str] | None = None) -> int:
                     r.update(scenario=scenario, rep=rep, count=count, peak_pss_kb=samp.peak[s.name])
                     results["runs"].append(r)
                     rates[s.name].append(r["rate"])
+                    if r["flushes"] is not None:
+                        flushes[s.name].append(r["flushes"])
+                    fl = r["flushes"]
                     log(
                         f"{scenario:15s} rep {rep} {s.name:7s} "
                         f"{r['rate']:8.1f} msg/s ({r['seconds']:.2f} s)"
+                        + (f", {fl:.2f} disk flushes/msg" if fl is not None else "")
                     )
             o, p = statistics.median(rates["ours"]), statistics.median(rates["postfix"])
             results["rows"].append(
@@ -522,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio": o / p,
                     "ours_peak_pss_kb": peaks["ours"],
                     "postfix_peak_pss_kb": peaks["postfix"],
+                    # disk cache flushes per message (fsync and directory
+                    # syncs end in one each): the bound of a durable MTA
+                    "ours_flushes": _median_or_none(flushes["ours"]),
+                    "postfix_flushes": _median_or_none(flushes["postfix"]),
                 }
             )
         for s in systems:
@@ -565,10 +601,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _flush_pair(r: dict) -> str:
+    o, p = r.get("ours_flushes"), r.get("postfix_flushes")
+    if o is None or p is None:
+        return ""
+    return f" {o:>6.2f} / {p:<5.2f}"
+
+
 def format_table(results: dict) -> str:
     head = (
         f"{'scenario':16s} {'ours msg/s':>11s} {'Postfix msg/s':>14s}"
-        f" {'ratio':>6s} {'our peak Pss':>13s}"
+        f" {'ratio':>6s} {'our peak Pss':>13s} {'flushes/msg ours / Postfix'}"
     )
     lines = [head, "-" * len(head)]
     for r in results["rows"]:
@@ -583,6 +630,7 @@ def format_table(results: dict) -> str:
             lines.append(
                 f"{r['scenario']:16s} {r['ours_rate']:>11.1f} {r['postfix_rate']:>14.1f}"
                 f" {r['ratio']:>6.2f} {r['ours_peak_pss_kb'] / 1024:>10.1f} MB"
+                f"{_flush_pair(r)}"
             )
     return "\n".join(lines)
 

@@ -56,3 +56,16 @@ def test_bench_quick(tmp_path: Path) -> None:
         r = rows[name]
         assert r["ours_rate"] > 0 and r["postfix_rate"] > 0 and r["ours_peak_pss_kb"] > 0, r
     assert rows["idle"]["ours_pss_kb"] > 0 and rows["idle"]["postfix_pss_kb"] > 0
+    # disk flushes per message, where the kernel counts them for the device
+    # under /tmp: both systems fsync every message they take into Maildir
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    bench_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_run)
+    if bench_run.disk_flushes(Path("/tmp")) is not None:
+        for name in ("smtp-local c1", "inject"):
+            r = rows[name]
+            assert r["ours_flushes"] >= 3 and r["postfix_flushes"] >= 1, r
+            assert "flushes/msg" in table
