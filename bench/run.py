@@ -206,9 +206,22 @@ class Postfix(PrivatePostfix):
 
 
 # -- ours ------------------------------------------------------------------------
+def frozen_is_stale() -> bool:
+    """Whether a source file changed after dist/ was frozen (freeze.py
+    writes .source-hash last): the figures would be for older code."""
+    try:
+        built = (FROZEN.parent / ".source-hash").stat().st_mtime
+    except OSError:
+        return True
+    newest = max((f.stat().st_mtime for f in (ROOT / "src").rglob("*.py")), default=0.0)
+    return newest > built
+
+
 def ensure_frozen(rebuild: bool) -> Path:
     if FROZEN.exists() and not rebuild:
-        return FROZEN
+        if not frozen_is_stale():
+            return FROZEN
+        log(f"{FROZEN.parent} is older than src/ (a source changed since): rebuilding")
     log("building the frozen binary (packaging/pyinstaller/freeze.py)")
     run(
         [

@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         digest = source_hash()
         if not args.force and up_to_date(tree, digest):
+            os.utime(tree / HASH_FILE)  # checked now: newer than the sources
             log(f"{tree} is up to date (--force rebuilds)")
         else:
             build(dist, work, digest)
