@@ -212,7 +212,6 @@ class Sender:
         self.pending: dict[int, Pending] = {}
         self.pending_due = math.inf
 
-    # -- logging -------------------------------------------------------
     def new_name_dirs(self, inodes: list[int]) -> list[str]:
         """With USE_SYNCDIR, the info/local/remote directories that preprocessing
         of ``inodes`` created names in; none otherwise."""
@@ -221,6 +220,7 @@ class Sender:
         subs = ("info", *CHAN_SUBS)
         return sorted({os.path.dirname(self.qpath(sub, i)) for i in inodes for sub in subs})
 
+    # -- logging -------------------------------------------------------
     def log(self, text: str) -> None:
         """Queue a log line; :meth:`flush_log` writes them (the main loop
         does before it waits, so nothing stays behind while idle)."""

@@ -214,3 +214,20 @@ def test_sync_all_syncs_files_then_the_directories_given(tmp_path, monkeypatch):
         sync_all(fds, [str(tmp_path / "info")])
     with pytest.raises(OSError):
         os.fstat(kept)  # closed although the directory sync failed
+
+
+def test_new_name_dirs_with_and_without_use_syncdir(tmp_path):
+    """The directories qmail-send's commit fsyncs with USE_SYNCDIR: those of
+    info/, local/ and remote/ for each message's split, each once."""
+    from types import SimpleNamespace
+
+    from indimail.queue.layout import Layout
+    from indimail.send.qmail_send import Sender
+    from indimail.send.todo import queue_paths
+
+    q = tmp_path / "queue1"
+    qpath = queue_paths(Layout(q, split=151, bigtodo=False))
+    on = SimpleNamespace(syncdir=True, qpath=qpath)
+    want = sorted(f"{q}/{sub}/{n}" for sub in ("info", "local", "remote") for n in (5, 9))
+    assert Sender.new_name_dirs(on, [5, 160, 311]) == want  # 160 and 311 share split 9
+    assert Sender.new_name_dirs(SimpleNamespace(syncdir=False, qpath=qpath), [5]) == []
