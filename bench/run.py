@@ -552,9 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                     r.update(scenario=scenario, rep=rep, count=count, peak_pss_kb=samp.peak[s.name])
                     results["runs"].append(r)
                     rates[s.name].append(r["rate"])
-                    if r["flushes"] is not None:
-                        flushes[s.name].append(r["flushes"])
                     fl = r["flushes"]
+                    if fl is not None:
+                        flushes[s.name].append(fl)
                     log(
                         f"{scenario:15s} rep {rep} {s.name:7s} "
                         f"{r['rate']:8.1f} msg/s ({r['seconds']:.2f} s)"
