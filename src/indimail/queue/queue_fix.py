@@ -36,6 +36,7 @@ from indimail.queue.layout import (
     TCPTO_SIZE,
     TRIGGER_MODE,
     Layout,
+    spread_subdirs,
 )
 
 ENQUEUE_LOCK = "enqueue"
@@ -213,11 +214,17 @@ class Fixer:
         gid = ids.qmail_gid
         if not self.check_dir(lay.root, ids.qmailq, gid, QUEUE_ROOT_MODE):
             raise Fatal(111, f"{lay.root}: queue directory missing")
+        # the queue's directories and split parts apart on disk (a hint, not
+        # part of the layout: set quietly, and only where changes are made)
+        if self.doit:
+            spread_subdirs(lay.root)
         for name, _split, mode, role in QUEUE_DIRS:
             uid = ids.owner(role)
             self.check_dir(lay.root / name, uid, gid, mode)
             if name in ("pid", "lock"):
                 continue
+            if self.doit and lay.is_split(name):
+                spread_subdirs(lay.root / name)
             for sub in lay.subdirs(name):
                 if sub != lay.root / name:
                     self.check_dir(sub, uid, gid, mode)

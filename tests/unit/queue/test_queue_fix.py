@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import stat
+import struct
 
-from indimail.queue.layout import QUEUE_DIRS
+from indimail.core import paths
+from indimail.queue import queue_fix
+from indimail.queue.layout import FS_IOC_GETFLAGS, FS_TOPDIR_FL, QUEUE_DIRS, Layout, spread_subdirs
 
 
 def mode(path) -> int:
@@ -28,6 +33,58 @@ def test_creates_full_tree(instance, tmp_path):
     assert stat.S_ISFIFO(os.lstat(q / "lock" / "trigger").st_mode)
     assert mode(q / "lock" / "trigger") == 0o622
     assert mode(q / "lock" / "sendmutex") == 0o600
+
+
+def topdir(path) -> bool:
+    """Whether ``path`` carries the file system's top-of-hierarchy flag."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (flags,) = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0\0\0\0"))
+    finally:
+        os.close(fd)
+    return bool(flags & FS_TOPDIR_FL)
+
+
+def test_queue_and_split_parents_spread_their_subdirectories(instance, tmp_path):
+    """Where the file system has the attribute (ext2/3/4: chattr +T), the
+    queue directory and each split parent carry it, so that their
+    subdirectories, and the inodes of the files made in them, come from
+    different inode groups.  Where it has none, the queue is made all the
+    same and nothing carries it."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    capable = spread_subdirs(probe)
+    assert topdir(probe) if capable else True
+    for bigtodo in ("0", "1"):
+        q = tmp_path / f"q{bigtodo}"
+        res = instance.run("queue-fix", "-b", bigtodo, "-s", "5", str(q))
+        assert res.returncode == 0, res.stderr
+        flagged = {name for name in os.listdir(q) if topdir(q / name)}
+        if topdir(q):
+            flagged.add(".")
+        split_parents = {"mess", "info", "local", "remote"} | (
+            {"intd", "todo"} if bigtodo == "1" else set()
+        )
+        assert flagged == ({"."} | split_parents if capable else set()), bigtodo
+        for parent in split_parents:  # the parts themselves hold files only
+            assert not any(topdir(part) for part in (q / parent).iterdir())
+
+
+def test_queue_made_where_file_system_has_no_such_attribute(instance, tmp_path, monkeypatch):
+    def no_ioctl(*_args):
+        raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+
+    monkeypatch.setattr(fcntl, "ioctl", no_ioctl)
+    assert spread_subdirs(tmp_path) is False
+    p = paths.load({**os.environ, "INDIMAIL_PATHS": str(instance.conf)})
+    q = tmp_path / "plain"
+    fixer = queue_fix.Fixer(Layout(q, split=3, bigtodo=0), queue_fix.Ids.lookup(p))
+    fixer.run()  # returns how many things it made or mended
+    for name, split, dmode, _owner in QUEUE_DIRS:
+        assert mode(q / name) == dmode, name
+        if split:
+            assert sorted(int(p.name) for p in (q / name).iterdir()) == [0, 1, 2]
+    assert stat.S_ISFIFO(os.lstat(q / "lock" / "trigger").st_mode)
 
 
 def test_bigtodo_splits_todo_and_intd(instance, tmp_path):
