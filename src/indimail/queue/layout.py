@@ -134,7 +134,10 @@ def fsync_dir(path: str) -> None:
 
 
 # FS_IOC_GETFLAGS / FS_IOC_SETFLAGS are _IOR/_IOW('f', 1/2, long); the
-# kernel reads and writes an int through them.
+# kernel reads and writes an int through them.  The numbers below follow
+# the generic ioctl encoding; alpha, mips, powerpc, parisc and sparc encode
+# the direction differently and are left alone.
+_GENERIC_IOCTL = ("x86_64", "i386", "i486", "i586", "i686", "aarch64", "arm", "riscv", "s390")
 _LONG = 8 if sys.maxsize > 2**32 else 4
 FS_IOC_GETFLAGS = (2 << 30) | (_LONG << 16) | (ord("f") << 8) | 1
 FS_IOC_SETFLAGS = (1 << 30) | (_LONG << 16) | (ord("f") << 8) | 2
@@ -153,7 +156,7 @@ def spread_subdirs(path: str | Path) -> bool:
     directory's files come from their own group.  A hint only: where the
     file system has no such attribute this returns False and nothing
     changes."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or not os.uname().machine.startswith(_GENERIC_IOCTL):
         return False
     import fcntl  # queue creation only: not on qmail-queue's path
     import struct

@@ -9,6 +9,8 @@ import shutil
 import stat
 import struct
 
+import pytest
+
 from indimail.core import paths
 from indimail.queue import queue_fix
 from indimail.queue.layout import FS_IOC_GETFLAGS, FS_TOPDIR_FL, QUEUE_DIRS, Layout, spread_subdirs
@@ -70,11 +72,17 @@ def test_queue_and_split_parents_spread_their_subdirectories(instance, tmp_path)
             assert not any(topdir(part) for part in (q / parent).iterdir())
 
 
-def test_queue_made_where_file_system_has_no_such_attribute(instance, tmp_path, monkeypatch):
+@pytest.mark.parametrize("why", ["ioctl refused", "other ioctl encoding"])
+def test_queue_made_where_file_system_has_no_such_attribute(instance, tmp_path, monkeypatch, why):
     def no_ioctl(*_args):
         raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
 
-    monkeypatch.setattr(fcntl, "ioctl", no_ioctl)
+    if why == "ioctl refused":  # tmpfs, xfs, btrfs...
+        monkeypatch.setattr(fcntl, "ioctl", no_ioctl)
+    else:  # mips, powerpc, sparc: our request numbers would be wrong there
+        real = os.uname()
+        fake = os.uname_result((*real[:4], "mips64"))
+        monkeypatch.setattr(os, "uname", lambda: fake)
     assert spread_subdirs(tmp_path) is False
     p = paths.load({**os.environ, "INDIMAIL_PATHS": str(instance.conf)})
     q = tmp_path / "plain"
@@ -85,6 +93,9 @@ def test_queue_made_where_file_system_has_no_such_attribute(instance, tmp_path, 
         if split:
             assert sorted(int(p.name) for p in (q / name).iterdir()) == [0, 1, 2]
     assert stat.S_ISFIFO(os.lstat(q / "lock" / "trigger").st_mode)
+    monkeypatch.undo()
+    assert not topdir(tmp_path)
+    assert not topdir(q) and not any(topdir(q / name) for name in os.listdir(q))
 
 
 def test_bigtodo_splits_todo_and_intd(instance, tmp_path):
