@@ -57,20 +57,19 @@ def test_stat_start_stop_and_mail_flow(tmp_path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
+        # svscan starts the services one after another (qmail-smtpd last):
+        # wait until every one of them is up, not just the first
+        wanted = ["svscan: up", "qmail-send.25: up", "qmail-queued: up"]
+        if listeners_work:
+            wanted.append("qmail-smtpd.21025: up")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             out = inst.run("qmailctl", "stat").stdout.decode()
-            if "qmail-send.25: up" in out:
+            if all(w in out for w in wanted):
                 break
             time.sleep(0.3)
-        assert "svscan: up" in out and "qmail-send.25: up" in out, out
-        deadline = time.monotonic() + 30
-        while "qmail-queued: up" not in out and time.monotonic() < deadline:
-            time.sleep(0.3)
-            out = inst.run("qmailctl", "stat").stdout.decode()
-        assert "qmail-queued: up" in out, out
-        if listeners_work:
-            assert "qmail-smtpd.21025: up" in out, out
+        for w in wanted:
+            assert w in out, out
         msg = b"To: postmaster@mx.example.test\nSubject: through services\n\nhi\n"
         assert inst.run("sendmail", "-t", input=msg).returncode == 0
         new = inst.top / "var" / "alias" / "Maildir" / "new"
