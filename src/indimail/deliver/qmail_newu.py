@@ -10,11 +10,12 @@ command with exit 111 and the line's number; the old cdb stays.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 
 from indimail.core import paths as _paths
 from indimail.core.errors import Fatal, UsageError
+from indimail.queue.layout import fsync_dir
 
 
 class AssignError(Fatal):
@@ -92,14 +93,8 @@ def build(assigndir: Path) -> int:
         cdb.make_from_pairs(assigndir / "cdb", tmp, records)
     except OSError as exc:
         raise Fatal(111, f"fatal: unable to write {tmp}: {exc.strerror}") from None
-    try:
-        dfd = os.open(assigndir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # the rename is done; durability is best effort
+        fsync_dir(str(assigndir))
     return len(records) - 1
 
 

@@ -15,6 +15,7 @@ from indimail.core import paths as _paths
 from indimail.core.errors import Fatal
 from indimail.deliver import qmail_newu, users
 from indimail.deliver.users import UserEntry, find_user
+from support import fsync_spy
 
 INDIMAIL = str(Path(sys.executable).parent / "indimail")
 
@@ -37,6 +38,21 @@ def _paths_for(tmp_path: Path, assign: str = ASSIGN) -> _paths.Paths:
     (tmp_path / "users" / "assign").write_text(assign)
     qmail_newu.build(tmp_path / "users")
     return _paths.load(environ={"INDIMAIL_PATHS": str(conf)})
+
+
+def test_newu_syncs_the_new_cdb_and_its_directory(tmp_path, monkeypatch) -> None:
+    """The rename of cdb.tmp to cdb is made durable; a directory that cannot
+    be synced does not fail the build (the new cdb is already in place)."""
+    users_dir = tmp_path / "users"
+    users_dir.mkdir()
+    (users_dir / "assign").write_text(ASSIGN)
+    seen = fsync_spy(monkeypatch)
+    assert qmail_newu.build(users_dir) == 6
+    assert seen[-1] == users_dir.stat().st_ino
+    seen = fsync_spy(monkeypatch, fail_dirs=True)
+    assert qmail_newu.build(users_dir) == 6
+    assert seen[-1] == users_dir.stat().st_ino
+    assert (users_dir / "cdb").is_file() and not (users_dir / "cdb.tmp").exists()
 
 
 def test_newu_records(tmp_path) -> None:
