@@ -267,12 +267,17 @@ def enqueue(
     environ: dict[str, str] | os._Environ[str] | None = None,
     received: bytes | None = None,
     qqeh: str | None = None,
+    wake: bool = True,
 ) -> int:
     """Queue one message; return its inode.  Raises :class:`QueueError`.
 
     ``message`` is bytes, a binary file, or a file descriptor to copy from.
     ``envelope`` may be a callable, read after the message is written (the
-    command's order: fd 0 first, then fd 1).
+    command's order: fd 0 first, then fd 1).  ``wake=False`` leaves the
+    poke of ``lock/trigger`` to the caller (:func:`poke_trigger`), who
+    answers its client first: the message is durable either way, and the
+    poke wakes another process, which is worth ~0.1 ms of the reply's
+    latency.
     """
     if environ is None:
         environ = os.environ
@@ -382,7 +387,8 @@ def enqueue(
         messfn = intdfn = None  # committed: never clean up from here on
         # 7. make the todo entry durable, then wake the processor.
         _sync_dir(os.path.dirname(todofn))
-        _poke(prefix + "lock/trigger")
+        if wake:
+            _poke(prefix + "lock/trigger")
         return inode
     except BaseException:
         _cleanup(messfd, messfn, intdfd, intdfn)
@@ -463,6 +469,11 @@ def _sync_dir(directory: str) -> None:
 def poke_trigger(layout: Layout) -> None:
     """Write one byte to ``lock/trigger`` if a reader is there; never block."""
     _poke(layout.trigger)
+
+
+def poke_path(trigger: str) -> None:
+    """:func:`poke_trigger` for a trigger named by its path."""
+    _poke(trigger)
 
 
 def _poke(trigger: str | Path) -> None:

@@ -15,7 +15,7 @@ from indimail.core import paths as _paths
 from indimail.core.record import Record
 from indimail.queue import codes
 from indimail.queue.layout import Layout
-from indimail.queue.qmail_queue import Envelope, QueueError, enqueue, envelope_bytes
+from indimail.queue.qmail_queue import Envelope, QueueError, enqueue, envelope_bytes, poke_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
@@ -44,18 +44,31 @@ class SubmitError(Exception):
 
 
 class Queued(Record):
-    """Where a message went: its number, the queue, and the qp (pid) shown."""
+    """Where a message went: its number, the queue, and the qp (pid) shown.
 
-    _fields = ("inode", "queuedir", "qp")
+    ``trigger`` is the queue's ``lock/trigger`` when :func:`submit` was
+    asked not to wake the queue (``wake=False``) and left that to
+    :meth:`wake`; None when the queue was woken already."""
+
+    _fields = ("inode", "queuedir", "qp", "trigger")
     __slots__ = _fields
     inode: int
     queuedir: str | Path | None
     qp: int
+    trigger: str | None
 
-    def __init__(self, inode: int, queuedir: str | Path | None, qp: int) -> None:
+    def __init__(
+        self, inode: int, queuedir: str | Path | None, qp: int, trigger: str | None = None
+    ) -> None:
         self._set("inode", inode)
         self._set("queuedir", queuedir)
         self._set("qp", qp)
+        self._set("trigger", trigger)
+
+    def wake(self) -> None:
+        """Poke the queue's processor if :func:`submit` left that to us."""
+        if self.trigger is not None:
+            poke_path(self.trigger)
 
 
 def is_ours(program: str) -> bool:
@@ -73,13 +86,19 @@ def submit(
     recipients: Sequence[bytes],
     *,
     environ: Mapping[str, str] | None = None,
+    wake: bool = True,
 ) -> Queued:
-    """Queue ``message`` for ``recipients``; raise :class:`SubmitError` on failure."""
+    """Queue ``message`` for ``recipients``; raise :class:`SubmitError` on failure.
+
+    With ``wake=False`` a message queued in this process does not poke the
+    queue yet: the caller answers its client first, then calls
+    :meth:`Queued.wake` (qmail-smtpd's 250 need not wait for the wake-up
+    of qmail-send).  Every other path wakes the queue itself."""
     if environ is None:
         environ = os.environ
     program = environ.get("QMAILQUEUE", "")
     if is_ours(program):
-        return _submit_in_process(message, sender, recipients, environ)
+        return _submit_in_process(message, sender, recipients, environ, wake)
     return _submit_external(program, message, sender, recipients, environ)
 
 
@@ -88,6 +107,7 @@ def _submit_in_process(
     sender: bytes,
     recipients: Sequence[bytes],
     environ: Mapping[str, str],
+    wake: bool = True,
 ) -> Queued:
     from indimail.queue.qmail_multi import check_min_free, choose_queue
 
@@ -103,10 +123,11 @@ def _submit_in_process(
             return _submit_as_owner(layout, message, envelope, environ, owner)
         if euid != 0 and owner is not None and owner != euid:
             return _submit_via_door(p, queuedir, message, envelope, environ)
-        inode = enqueue(layout, message, envelope, environ=environ)  # type: ignore[arg-type]
+        inode = enqueue(layout, message, envelope, environ=environ, wake=wake)  # type: ignore[arg-type]
     except QueueError as exc:
         raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
-    return Queued(inode=inode, queuedir=queuedir, qp=os.getpid())
+    trigger = None if wake else layout.root_s.rstrip("/") + "/lock/trigger"
+    return Queued(inode=inode, queuedir=queuedir, qp=os.getpid(), trigger=trigger)
 
 
 def _submit_via_door(

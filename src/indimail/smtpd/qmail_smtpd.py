@@ -982,7 +982,7 @@ class Session:
         from indimail.queue.submit import SubmitError, submit
 
         try:
-            queued = submit(message, self.mailfrom, list(self.rcptto), environ=self.env)
+            queued = submit(message, self.mailfrom, list(self.rcptto), environ=self.env, wake=False)
         except SubmitError as exc:
             text = exc.text or "Zqq temporary problem (#4.3.0)"
             last = text.rstrip("\n").split("\n")[-1]
@@ -997,13 +997,19 @@ class Session:
                     f"TLS={self.tls_label()} qp {exc.code}"
                 )
             return
-        # the message is durable in the queue: only now acknowledge it
-        self.reply(f"250 ok {int(time.time())} qp {queued.qp}")
-        for r in self.rcptto:
-            self.log(
-                f" HELO <{_printable(self.helohost)}> MAIL from <{mf}> RCPT <{_printable(r)}> "
-                f"AUTH <{self.auth_part(r)}> Size: {self.msg_size} TLS={self.tls_label()}"
-            )
+        # the message is durable in the queue: only now acknowledge it, and
+        # wake qmail-send only once the client has the answer (the wake-up
+        # of another process need not delay it)
+        try:
+            self.reply(f"250 ok {int(time.time())} qp {queued.qp}")
+            for r in self.rcptto:
+                self.log(
+                    f" HELO <{_printable(self.helohost)}> MAIL from <{mf}> RCPT <{_printable(r)}> "
+                    f"AUTH <{self.auth_part(r)}> Size: {self.msg_size} TLS={self.tls_label()}"
+                )
+            self.output.flush()
+        finally:
+            queued.wake()
 
     # ---------------------------------------------------------------- AUTH
     def smtp_auth(self, arg: bytes) -> None:

@@ -126,3 +126,26 @@ def test_smtps(instance: Instance, tmp_path: Path) -> None:
         s.sendmail("a@example.org", ["bob@mx.example.test"], b"Subject: s\r\n\r\nx\r\n")
     assert srv.finish() == 0
     assert " with ESMTPS (TLSv1." in instance.files("mess")[0].read_text()
+
+
+def test_each_accepted_message_wakes_the_queue(instance: Instance) -> None:
+    """qmail-smtpd answers 250 before it pokes lock/trigger; every accepted
+    message still pokes it once, and a refused one does not."""
+    import os
+
+    q = instance.queue(1)
+    trigger = os.open(q / "lock" / "trigger", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        srv = OneShotServer(instance, [], RELAYCLIENT="", QUEUEDIR=str(q))
+        with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="client.test", timeout=30) as s:
+            for n in range(2):
+                s.sendmail("a@example.org", ["b@elsewhere.test"], b"Subject: %d\r\n\r\nhi\r\n" % n)
+            looping = b"Received: from x\r\n" * 101 + b"\r\nhi\r\n"
+            with pytest.raises(smtplib.SMTPDataError) as err:  # too many hops: refused
+                s.sendmail("a@example.org", ["b@elsewhere.test"], looping)
+            assert err.value.smtp_code == 554
+        assert srv.finish() == 0
+        assert os.read(trigger, 64) == b"\0\0"
+    finally:
+        os.close(trigger)
+    assert len(list((q / "todo").iterdir())) == 2
