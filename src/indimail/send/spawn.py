@@ -258,7 +258,8 @@ class Spawner:
         if not sep or not part.isdigit() or not number.isdigit():
             self.error(req.slot, b"DInternal error: messid has nonnumerics. (#5.3.5)\n")
             return
-        path = self.layout.root / "mess" / part.decode() / number.decode()
+        # a string: pathlib's joins were a fifth of the spawner's CPU
+        path = f"{self.layout.root_s}/mess/{part.decode()}/{number.decode()}"
         try:
             messfd = os.open(path, os.O_RDONLY)
         except OSError:
