@@ -37,8 +37,11 @@ descendants; Postfix: master and its children) is sampled every 0.5 s
 shows our peak.  The last column counts the disk cache flushes per message
 (the block device's "flush requests completed" in /proc/diskstats, read
 before and after each run): every fsync of a file or directory ends in one,
-and they, not the CPU, bound a durable MTA at low concurrency.  Prints the
-table and writes it as JSON.
+and they, not the CPU, bound a durable MTA at low concurrency.  The column
+before it is each system's CPU time per message (user + system of its whole
+process tree, read before the run and after its queue is empty again; for
+``inject`` also the sendmail runs), the bound at high concurrency.  Prints
+the table and writes it as JSON.
 Everything started is stopped by pid, also on failure.
 """
 
@@ -452,9 +455,37 @@ def disk_flushes(path: Path) -> int | None:
     return None
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_ticks(root: int | None) -> int:
+    """CPU time (clock ticks: user + system, own and of reaped children) of
+    ``root`` and its descendants.  The difference of two readings is what
+    the tree spent in between: a process that ended meanwhile is counted
+    in its parent's children's time (all its life), and what it had spent
+    before the first reading was in that reading."""
+    if not root:
+        return 0
+    total = 0
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total
+
+
+def _children_ticks() -> float:
+    t = os.times()
+    return (t.children_user + t.children_system) * _TICK
+
+
 def one_run(system, scenario: str, count: int, sink: Sink, timeout: float) -> dict:
     settle(system)
     flushes0 = disk_flushes(system.maildir)
+    cpu0, ours0 = tree_cpu_ticks(system.root_pid()), _children_ticks()
     if scenario.startswith("smtp-local"):
         conc = int(scenario.rsplit("c", 1)[1])
         empty_maildir(system.maildir)
@@ -487,10 +518,21 @@ def one_run(system, scenario: str, count: int, sink: Sink, timeout: float) -> di
         raise ValueError(scenario)
     secs = t1 - t0
     flushes1 = disk_flushes(system.maildir)
+    settle(system)  # what the messages cost includes cleaning up after them
+    ticks = tree_cpu_ticks(system.root_pid()) - cpu0
+    if scenario == "inject":  # the sendmail runs (and Postfix's postdrop)
+        ticks += _children_ticks() - ours0
     per_msg = None
     if flushes0 is not None and flushes1 is not None:
         per_msg = (flushes1 - flushes0) / count
-    return {"system": system.name, "seconds": secs, "rate": count / secs, "flushes": per_msg}
+    return {
+        "system": system.name,
+        "seconds": secs,
+        "rate": count / secs,
+        "flushes": per_msg,
+        # CPU per message of the whole system (not the load generator)
+        "cpu_ms": ticks * 1000 / _TICK / count,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         for scenario, count in scenarios:
             rates: dict[str, list[float]] = {"ours": [], "postfix": []}
             flushes: dict[str, list[float]] = {"ours": [], "postfix": []}
+            cpu: dict[str, list[float]] = {"ours": [], "postfix": []}
             peaks: dict[str, int] = {"ours": 0, "postfix": 0}
             for rep in range(reps):
                 order = systems if rep % 2 == 0 else systems[::-1]
@@ -555,9 +598,11 @@ def main(argv: list[str] | None = None) -> int:
                     fl = r["flushes"]
                     if fl is not None:
                         flushes[s.name].append(fl)
+                    cpu[s.name].append(r["cpu_ms"])
                     log(
                         f"{scenario:15s} rep {rep} {s.name:7s} "
-                        f"{r['rate']:8.1f} msg/s ({r['seconds']:.2f} s)"
+                        f"{r['rate']:8.1f} msg/s ({r['seconds']:.2f} s), "
+                        f"{r['cpu_ms']:.2f} ms CPU/msg"
                         + (f", {fl:.2f} disk flushes/msg" if fl is not None else "")
                     )
             o, p = statistics.median(rates["ours"]), statistics.median(rates["postfix"])
@@ -574,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
                     # syncs end in one each): the bound of a durable MTA
                     "ours_flushes": _median_or_none(flushes["ours"]),
                     "postfix_flushes": _median_or_none(flushes["postfix"]),
+                    # CPU time of each whole system per message
+                    "ours_cpu_ms": statistics.median(cpu["ours"]),
+                    "postfix_cpu_ms": statistics.median(cpu["postfix"]),
                 }
             )
         for s in systems:
@@ -631,7 +679,8 @@ def _flush_pair(r: dict) -> str:
 def format_table(results: dict) -> str:
     head = (
         f"{'scenario':16s} {'ours msg/s':>11s} {'Postfix msg/s':>14s}"
-        f" {'ratio':>6s} {'our peak Pss':>13s} {'flushes/msg ours / Postfix'}"
+        f" {'ratio':>6s} {'our peak Pss':>13s} {'CPU ms/msg ours / Postfix':>26s}"
+        f" {'flushes/msg ours / Postfix'}"
     )
     lines = [head, "-" * len(head)]
     for r in results["rows"]:
@@ -646,6 +695,7 @@ def format_table(results: dict) -> str:
             lines.append(
                 f"{r['scenario']:16s} {r['ours_rate']:>11.1f} {r['postfix_rate']:>14.1f}"
                 f" {r['ratio']:>6.2f} {r['ours_peak_pss_kb'] / 1024:>10.1f} MB"
+                f" {r['ours_cpu_ms']:>13.2f} / {r['postfix_cpu_ms']:<10.2f}"
                 f"{_flush_pair(r)}"
             )
     return "\n".join(lines)

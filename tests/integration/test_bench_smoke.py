@@ -3,8 +3,8 @@
 ``bench/run.py --quick`` (100 messages per SMTP scenario, 50 sendmail runs,
 1 repetition, 3 s idle) sets up a private Postfix, our rootless instance
 from the frozen binary under our svscan and a smtp-sink, all on loopback,
-and prints the table; every scenario must have rates > 0 for both systems
-and an idle Pss for both.
+and prints the table; every scenario must have rates and CPU time per
+message > 0 for both systems and an idle Pss for both.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ def test_bench_quick(tmp_path: Path) -> None:
     for name in SCENARIOS:
         r = rows[name]
         assert r["ours_rate"] > 0 and r["postfix_rate"] > 0 and r["ours_peak_pss_kb"] > 0, r
+        # each system spends CPU on every message it takes (receiving,
+        # queueing, delivering): a zero would mean its processes went uncounted
+        assert r["ours_cpu_ms"] > 0 and r["postfix_cpu_ms"] > 0, r
+    assert "CPU ms/msg" in table
     assert rows["idle"]["ours_pss_kb"] > 0 and rows["idle"]["postfix_pss_kb"] > 0
     # disk flushes per message, where the kernel counts them for the device
     # under /tmp: both systems fsync every message they take into Maildir
