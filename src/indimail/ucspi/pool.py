@@ -286,6 +286,7 @@ class Baseline:
         self.places = paths._PLACES
         self.fds = _open_fds()
         self.resident = resident_kb()
+        self.frozen = False
 
     def _restore_environ(self) -> None:
         data = _environ_data()
@@ -354,6 +355,13 @@ class Baseline:
         if threading is not None and threading.active_count() > 1:
             clean = False  # a session's thread would run on into the next one
         gc.collect()  # sockets and files of the session close themselves
+        if not self.frozen:
+            # what is left after the first session lives as long as the
+            # worker (caches, modules a session imported): set it aside,
+            # so that the collection after every later session only scans
+            # what that session made (~50 -> ~10 µs)
+            gc.freeze()
+            self.frozen = True
         if self.fds is not None:
             now = _open_fds()
             if now is None or now - self.fds:

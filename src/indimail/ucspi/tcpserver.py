@@ -826,6 +826,9 @@ def _poolable_chain(argv: list[str], depth: int = 0) -> bool:
     return rest is not None and _poolable_chain(rest, depth + 1)
 
 
+_FSENC = sys.getfilesystemencoding()
+
+
 class Child:
     """The work of one connection in the forked child."""
 
@@ -845,10 +848,24 @@ class Child:
         if name == "MAXPERIP" and value is not None:
             digits = "".join(c for c in value[:20] if c.isdigit())
             self.maxperip = int(digits) if value[:1].isdigit() and digits else 0
+        data = getattr(os.environ, "_data", None)
+        if type(data) is not dict:  # not CPython's POSIX environ
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+            return
+        # what os.environ[name] = value does, without its per-call Python
+        # layers (about a dozen variables per connection)
+        key = name.encode(_FSENC, "surrogateescape")
         if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+            if key in data:
+                os.unsetenv(key)
+                del data[key]
+            return
+        raw = value.encode(_FSENC, "surrogateescape")
+        os.putenv(key, raw)
+        data[key] = raw
 
     @staticmethod
     def reset_parent_state_of(s: Server, conn: socket.socket | None) -> None:
@@ -924,7 +941,7 @@ class Child:
                 conn.sock.close()
             inproc.exec_program(argv, "tcpserver")
         context.set_current(conn)
-        inproc.setup_stdio()
+        inproc.setup_stdio(lazy=pooled)
         if pooled:  # the listener resolved the program when it made the pool
             with control.session():  # absent control files: one stat per session
                 return inproc.run_command(self.s.ours, argv)

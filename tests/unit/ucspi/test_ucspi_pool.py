@@ -190,6 +190,37 @@ def test_a_leaked_fd_or_child_retires_the_worker(tmp_path) -> None:
     assert in_child(garbage_only) == {"clean": True}
 
 
+def test_later_sessions_garbage_is_still_collected_after_the_freeze(tmp_path) -> None:
+    """After the first session the worker sets its long-lived objects aside
+    (gc.freeze): the collection after each later session only scans what
+    that session made, and still closes a file held in a reference cycle."""
+
+    def body() -> dict:
+        import gc
+
+        base = pool.Baseline(maxmem_kb=BIG)
+        first = base.restore()
+        frozen = gc.get_freeze_count()
+
+        class Cycle:
+            pass
+
+        c = Cycle()
+        c.me = c
+        c.f = open(tmp_path / "cyclic", "w")  # noqa: SIM115 - closed by the collector
+        fd = c.f.fileno()
+        del c
+        second = base.restore()
+        try:
+            os.fstat(fd)
+            still_open = True
+        except OSError:
+            still_open = False
+        return {"first": first, "frozen": frozen > 0, "second": second, "open": still_open}
+
+    assert in_child(body) == {"first": True, "frozen": True, "second": True, "open": False}
+
+
 def test_which_chains_the_pool_may_run(tmp_path) -> None:
     from indimail.ucspi.tcpserver import _poolable_chain
 
