@@ -388,7 +388,7 @@ def enqueue(
         # 7. make the todo entry durable, then wake the processor.
         _sync_dir(os.path.dirname(todofn))
         if wake:
-            _poke(prefix + "lock/trigger")
+            poke_trigger(trigger_path(root))
         return inode
     except BaseException:
         _cleanup(messfd, messfn, intdfd, intdfn)
@@ -466,17 +466,14 @@ def _sync_dir(directory: str) -> None:
         ) from None
 
 
-def poke_trigger(layout: Layout) -> None:
-    """Write one byte to ``lock/trigger`` if a reader is there; never block."""
-    _poke(layout.trigger)
+def trigger_path(root: str) -> str:
+    """The ``lock/trigger`` of the queue at ``root``, as a string."""
+    return root.rstrip("/") + "/lock/trigger"
 
 
-def poke_path(trigger: str) -> None:
-    """:func:`poke_trigger` for a trigger named by its path."""
-    _poke(trigger)
-
-
-def _poke(trigger: str | Path) -> None:
+def poke_trigger(trigger: str) -> None:
+    """Write one byte to the queue's ``lock/trigger`` (:func:`trigger_path`)
+    if a reader is there; never block."""
     try:
         fd = os.open(trigger, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:

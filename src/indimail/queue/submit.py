@@ -15,7 +15,14 @@ from indimail.core import paths as _paths
 from indimail.core.record import Record
 from indimail.queue import codes
 from indimail.queue.layout import Layout
-from indimail.queue.qmail_queue import Envelope, QueueError, enqueue, envelope_bytes, poke_path
+from indimail.queue.qmail_queue import (
+    Envelope,
+    QueueError,
+    enqueue,
+    envelope_bytes,
+    poke_trigger,
+    trigger_path,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
@@ -68,7 +75,7 @@ class Queued(Record):
     def wake(self) -> None:
         """Poke the queue's processor if :func:`submit` left that to us."""
         if self.trigger is not None:
-            poke_path(self.trigger)
+            poke_trigger(self.trigger)
 
 
 def is_ours(program: str) -> bool:
@@ -126,7 +133,7 @@ def _submit_in_process(
         inode = enqueue(layout, message, envelope, environ=environ, wake=wake)  # type: ignore[arg-type]
     except QueueError as exc:
         raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
-    trigger = None if wake else layout.root_s.rstrip("/") + "/lock/trigger"
+    trigger = None if wake else trigger_path(layout.root_s)
     return Queued(inode=inode, queuedir=queuedir, qp=os.getpid(), trigger=trigger)
 
 
