@@ -232,8 +232,9 @@ def _open_fds() -> set[int] | None:
     return None
 
 
-def _environ_data() -> dict[bytes, bytes]:
-    """The bytes mapping behind ``os.environ`` (POSIX CPython keeps one)."""
+def environ_data() -> dict[bytes, bytes]:
+    """The bytes mapping behind ``os.environ`` (POSIX CPython keeps one):
+    read and mended directly, without decoding every name and value."""
     return os.environ._data  # type: ignore[attr-defined]
 
 
@@ -264,7 +265,7 @@ class Baseline:
         self.maxmem_kb = maxmem_kb
         # os.environ's own bytes mapping: compared and mended without
         # decoding every name and value after each session
-        self.environ: dict[bytes, bytes] = dict(_environ_data())
+        self.environ: dict[bytes, bytes] = dict(environ_data())
         self.cwd = os.getcwd()
         self.umask = os.umask(0o022)
         os.umask(self.umask)
@@ -278,8 +279,7 @@ class Baseline:
                 continue
             if handler is not None:
                 self.signals[sig] = handler
-        self._signums = tuple(self.signals)
-        self._handlers = [self.signals[sig] for sig in self._signums]
+        self._handlers = list(self.signals.values())  # in the order of its keys
         self.argv = list(sys.argv)
         self.streams = (sys.stdin, sys.stdout, sys.stderr)
         from indimail.core import paths
@@ -291,7 +291,7 @@ class Baseline:
         self.frozen = False
 
     def _restore_environ(self) -> None:
-        data = _environ_data()
+        data = environ_data()
         if data == self.environ:
             return
         base = self.environ
@@ -324,7 +324,7 @@ class Baseline:
         # one pass in C over the sixty-odd signals; the loop only when one
         # of them was changed (~90 -> ~10 µs per session)
         try:
-            same = list(map(_getsignal, self._signums)) == self._handlers
+            same = list(map(_getsignal, self.signals)) == self._handlers
         except (OSError, ValueError, TypeError):
             same = False
         if not same:

@@ -848,15 +848,10 @@ class Child:
         if name == "MAXPERIP" and value is not None:
             digits = "".join(c for c in value[:20] if c.isdigit())
             self.maxperip = int(digits) if value[:1].isdigit() and digits else 0
-        data = getattr(os.environ, "_data", None)
-        if type(data) is not dict:  # not CPython's POSIX environ
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-            return
         # what os.environ[name] = value does, without its per-call Python
-        # layers (about a dozen variables per connection)
+        # layers (about a dozen variables per connection); the mapping is
+        # the one the pool's reset mends (pool.environ_data)
+        data = pool.environ_data()
         key = name.encode(_FSENC, "surrogateescape")
         if value is None:
             if key in data:
