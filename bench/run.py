@@ -65,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from private_postfix import PrivatePostfix, free_port  # noqa: E402
-from supervision_footprint import descendants, pss_kb  # noqa: E402
+from supervision_footprint import descendants, proc_stats, pss_kb  # noqa: E402
 
 FROZEN = Path(os.environ.get("INDIMAIL_FROZEN") or ROOT / "dist" / "indimail") / "indimail"
 HOST = "mx.example.test"
@@ -466,14 +466,12 @@ def tree_cpu_ticks(root: int | None) -> int:
     before the first reading was in that reading."""
     if not root:
         return 0
+    stats = proc_stats()  # one reading of /proc for the tree and its times
     total = 0
-    for pid in descendants(root):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    for pid in descendants(root, stats):
+        fields = stats.get(pid)
+        if fields is not None:
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return total
 
 
@@ -485,7 +483,7 @@ def _children_ticks() -> float:
 def one_run(system, scenario: str, count: int, sink: Sink, timeout: float) -> dict:
     settle(system)
     flushes0 = disk_flushes(system.maildir)
-    cpu0, ours0 = tree_cpu_ticks(system.root_pid()), _children_ticks()
+    cpu0, children0 = tree_cpu_ticks(system.root_pid()), _children_ticks()
     if scenario.startswith("smtp-local"):
         conc = int(scenario.rsplit("c", 1)[1])
         empty_maildir(system.maildir)
@@ -521,7 +519,7 @@ def one_run(system, scenario: str, count: int, sink: Sink, timeout: float) -> di
     settle(system)  # what the messages cost includes cleaning up after them
     ticks = tree_cpu_ticks(system.root_pid()) - cpu0
     if scenario == "inject":  # the sendmail runs (and Postfix's postdrop)
-        ticks += _children_ticks() - ours0
+        ticks += _children_ticks() - children0
     per_msg = None
     if flushes0 is not None and flushes1 is not None:
         per_msg = (flushes1 - flushes0) / count

@@ -69,8 +69,10 @@ def all_up(scandir: Path, count: int) -> tuple[bool, set[int]]:
     return True, services
 
 
-def children_map() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
+def proc_stats() -> dict[int, list[bytes]]:
+    """Every process's ``/proc/PID/stat`` fields after the command name
+    (state first, then ppid, ...), read once."""
+    stats: dict[int, list[bytes]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -79,13 +81,19 @@ def children_map() -> dict[int, list[int]]:
                 data = fh.read()
         except OSError:
             continue
-        ppid = int(data[data.rindex(b")") + 2 :].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
+        stats[int(entry)] = data[data.rindex(b")") + 2 :].split()
+    return stats
+
+
+def children_map(stats: dict[int, list[bytes]] | None = None) -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for pid, fields in (proc_stats() if stats is None else stats).items():
+        tree.setdefault(int(fields[1]), []).append(pid)
     return tree
 
 
-def descendants(pid: int) -> list[int]:
-    tree = children_map()
+def descendants(pid: int, stats: dict[int, list[bytes]] | None = None) -> list[int]:
+    tree = children_map(stats)
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
