@@ -239,3 +239,24 @@ def fsync_spy(monkeypatch, fail_dirs: bool = False) -> list[int]:
 
     monkeypatch.setattr(os, "fsync", spy)
     return seen
+
+
+class TriggerReader:
+    """The read end of a queue's ``lock/trigger``, held as qmail-send holds
+    it (a poke needs a reader: without one the writer's open fails and it
+    gives up).  :meth:`pokes` is what was written since the last call."""
+
+    def __init__(self, queue: Path) -> None:
+        self.fd = os.open(queue / "lock" / "trigger", os.O_RDONLY | os.O_NONBLOCK)
+
+    def pokes(self) -> bytes:
+        try:
+            return os.read(self.fd, 64)
+        except BlockingIOError:
+            return b""
+
+    def __enter__(self) -> TriggerReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)

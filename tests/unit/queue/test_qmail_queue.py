@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import fsync_spy
+from support import TriggerReader, fsync_spy
 
 CASES = Path(__file__).parent / "qq_cases"
 MESSAGE = b"Subject: test\n\nhello\n"
@@ -235,32 +235,16 @@ def test_use_syncdir_failure_is_code_69_and_leaves_nothing(instance, monkeypatch
     assert leftovers(instance) == []  # before the commit point: no todo, no mess
 
 
-def _trigger_reader(q: Path) -> int:
-    """Read end of the queue's trigger, as qmail-send holds it (a poke
-    needs a reader: without one, the writer's open fails and it gives up)."""
-    return os.open(q / "lock" / "trigger", os.O_RDONLY | os.O_NONBLOCK)
-
-
-def _pokes(fd: int) -> bytes:
-    try:
-        return os.read(fd, 64)
-    except BlockingIOError:
-        return b""
-
-
 def test_enqueue_pokes_the_trigger_after_the_commit(instance):
     from indimail.queue.layout import Layout
     from indimail.queue.qmail_queue import Envelope, enqueue
 
     q = instance.queue(1)
-    fd = _trigger_reader(q)
-    try:
+    with TriggerReader(q) as trigger:
         enqueue(
             Layout(root=q, split=151, bigtodo=False), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",))
         )
-        assert _pokes(fd) == b"\0"
-    finally:
-        os.close(fd)
+        assert trigger.pokes() == b"\0"
 
 
 def test_submit_without_wake_leaves_the_poke_to_the_caller(instance, monkeypatch):
@@ -272,23 +256,22 @@ def test_submit_without_wake_leaves_the_poke_to_the_caller(instance, monkeypatch
     monkeypatch.setenv("INDIMAIL_PATHS", str(instance.conf))
     paths.reload()
     q = instance.queue(1)
-    fd = _trigger_reader(q)
     try:
-        env = {"QUEUEDIR": str(q)}
-        queued = submit.submit(MESSAGE, b"a@x.test", [b"b@y.test"], environ=env, wake=False)
-        assert _pokes(fd) == b""  # not yet ...
-        todo = q / "todo" / str(queued.inode)
-        assert todo.read_bytes().endswith(b"Fa@x.test\0Tb@y.test\0")  # ... but committed
-        assert queued.trigger == f"{q}/lock/trigger"
-        queued.wake()
-        assert _pokes(fd) == b"\0"
-        # the default wakes the queue itself, and leaves nothing to wake
-        again = submit.submit(MESSAGE, b"a@x.test", [b"b@y.test"], environ=env)
-        assert _pokes(fd) == b"\0"
-        assert again.trigger is None
-        again.wake()
-        assert _pokes(fd) == b""
+        with TriggerReader(q) as trigger:
+            env = {"QUEUEDIR": str(q)}
+            queued = submit.submit(MESSAGE, b"a@x.test", [b"b@y.test"], environ=env, wake=False)
+            assert trigger.pokes() == b""  # not yet ...
+            todo = q / "todo" / str(queued.inode)
+            assert todo.read_bytes().endswith(b"Fa@x.test\0Tb@y.test\0")  # ... but committed
+            assert queued.trigger == f"{q}/lock/trigger"
+            queued.wake()
+            assert trigger.pokes() == b"\0"
+            # the default wakes the queue itself, and leaves nothing to wake
+            again = submit.submit(MESSAGE, b"a@x.test", [b"b@y.test"], environ=env)
+            assert trigger.pokes() == b"\0"
+            assert again.trigger is None
+            again.wake()
+            assert trigger.pokes() == b""
     finally:
-        os.close(fd)
         monkeypatch.delenv("INDIMAIL_PATHS")
         paths.reload()

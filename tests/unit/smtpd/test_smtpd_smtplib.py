@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from smtpd_harness import INDIMAIL, make_checkpw
 
-from support import Instance, make_certs
+from support import Instance, TriggerReader, make_certs
 
 cryptography = pytest.importorskip("cryptography")
 
@@ -131,11 +131,8 @@ def test_smtps(instance: Instance, tmp_path: Path) -> None:
 def test_each_accepted_message_wakes_the_queue(instance: Instance) -> None:
     """qmail-smtpd answers 250 before it pokes lock/trigger; every accepted
     message still pokes it once, and a refused one does not."""
-    import os
-
     q = instance.queue(1)
-    trigger = os.open(q / "lock" / "trigger", os.O_RDONLY | os.O_NONBLOCK)
-    try:
+    with TriggerReader(q) as trigger:
         srv = OneShotServer(instance, [], RELAYCLIENT="", QUEUEDIR=str(q))
         with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="client.test", timeout=30) as s:
             for n in range(2):
@@ -145,7 +142,5 @@ def test_each_accepted_message_wakes_the_queue(instance: Instance) -> None:
                 s.sendmail("a@example.org", ["b@elsewhere.test"], looping)
             assert err.value.smtp_code == 554
         assert srv.finish() == 0
-        assert os.read(trigger, 64) == b"\0\0"
-    finally:
-        os.close(trigger)
+        assert trigger.pokes() == b"\0\0"
     assert len(list((q / "todo").iterdir())) == 2
