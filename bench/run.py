@@ -10,7 +10,8 @@ Sets up, in one temp dir under /tmp, everything on 127.0.0.1 only:
   ``bench@mx.example.test``, ``relay.test`` routed by ``transport_maps`` to
   smtp-sink;
 * our rootless instance made by the FROZEN binary (``dist/indimail``, built
-  with packaging/pyinstaller/freeze.py when missing), 5 queues, run under
+  with packaging/pyinstaller/freeze.py when missing), one queue per CPU
+  (``--queues``; see docs/queue.md "How many queues"), run under
   our ``svscan``: a ``smtpd`` service (``tcpserver ... qmail-smtpd``, rules
   ``127.:allow,RELAYCLIENT=""``) and a ``send`` service (``qscheduler -s
   ./Maildir/``), each with a ``multilog`` logger; ``relay.test`` goes to the
@@ -259,9 +260,12 @@ RUN_LOG = "#!/bin/sh\nexec multilog t ./main\n"
 class Ours:
     name = "ours"
 
-    def __init__(self, top: Path, frozen: Path, sink_port: int) -> None:
+    def __init__(self, top: Path, frozen: Path, sink_port: int, queues: int) -> None:
         self.top = top
-        run([str(frozen), "indimail-instance", "-q", "5", "-H", HOST, str(top)], timeout=120)
+        run(
+            [str(frozen), "indimail-instance", "-q", str(queues), "-H", HOST, str(top)],
+            timeout=120,
+        )
         self.bin = top / "bin"
         home = top / "home" / "bench"
         self.maildir = home / "Maildir"
@@ -533,6 +537,16 @@ def one_run(system, scenario: str, count: int, sink: Sink, timeout: float) -> di
     }
 
 
+QUEUE_MAX = 20  # the original's upper bound on QUEUE_COUNT
+
+
+def default_queues() -> int:
+    """One queue per CPU.  A queue is four resident processes (qmail-send,
+    qmail-lspawn, qmail-rspawn, qmail-clean); more queues than CPUs add
+    their memory but no throughput (docs/queue.md "How many queues")."""
+    return max(1, min(os.cpu_count() or 1, QUEUE_MAX))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 messages (50 inject), 1 rep")
@@ -541,7 +555,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=10.0, help="seconds idle before `idle`")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the frozen binary first")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument(
+        "--queues",
+        type=int,
+        default=default_queues(),
+        help="our queue count (default: one per CPU, at most QUEUE_MAX 20)",
+    )
     args = ap.parse_args(argv)
+    if not 1 <= args.queues <= QUEUE_MAX:
+        ap.error(f"--queues {args.queues}: must be 1 to {QUEUE_MAX}")
     if os.geteuid() != 0:
         print("bench/run.py: needs root (a private Postfix starts as root)", file=sys.stderr)
         return 2
@@ -571,11 +593,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sink = Sink(top)
         pf = Postfix(top / "postfix", sink.port)
-        ours = Ours(top / "ours", frozen, sink.port)
+        ours = Ours(top / "ours", frozen, sink.port, args.queues)
         pf.start()
         ours.start()
         systems = [ours, pf]
-        log(f"up in {time.monotonic() - started:.1f} s; top {top}; reps {reps}")
+        log(
+            f"up in {time.monotonic() - started:.1f} s; top {top}; reps {reps}; "
+            f"our queues {args.queues}"
+        )
         # warm-up: one message each, so first-run effects do not count
         for s in systems:
             one_run(s, "smtp-local c1", 1, sink, 60)
@@ -655,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         message_size=SIZE,
         seconds=time.monotonic() - started,
         cpus=os.cpu_count(),
+        queues=args.queues,
     )
     table = format_table(results)
     print(table)
@@ -680,7 +706,7 @@ def format_table(results: dict) -> str:
         f" {'ratio':>6s} {'our peak Pss':>13s} {'CPU ms/msg ours / Postfix':>26s}"
         f" {'flushes/msg ours / Postfix'}"
     )
-    lines = [head, "-" * len(head)]
+    lines = [f"(our queues: {results['queues']}; CPUs: {results['cpus']})", head, "-" * len(head)]
     for r in results["rows"]:
         if r["scenario"] == "idle":
             lines.append(

@@ -1,10 +1,11 @@
 """The benchmark harness in smoke mode, so it never rots.
 
 ``bench/run.py --quick`` (100 messages per SMTP scenario, 50 sendmail runs,
-1 repetition, 3 s idle) sets up a private Postfix, our rootless instance
+1 repetition, 6 s idle) sets up a private Postfix, our rootless instance
 from the frozen binary under our svscan and a smtp-sink, all on loopback,
 and prints the table; every scenario must have rates and CPU time per
-message > 0 for both systems and an idle Pss for both.
+message > 0 for both systems and an idle Pss for both, and our instance
+must run the queue count given by ``--queues``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def test_bench_quick(tmp_path: Path) -> None:
             str(ROOT / "bench" / "run.py"),
             "--quick",
             "--idle",
-            "3",
+            "6",
+            "--queues",
+            "2",
             "--json",
             str(out),
         ],
@@ -50,7 +53,8 @@ def test_bench_quick(tmp_path: Path) -> None:
     table = res.stdout.decode()
     for name in [*SCENARIOS, "idle"]:
         assert name in table, table
-    rows = {r["scenario"]: r for r in json.loads(out.read_text())["rows"]}
+    results = json.loads(out.read_text())
+    rows = {r["scenario"]: r for r in results["rows"]}
     assert sorted(rows) == sorted([*SCENARIOS, "idle"])
     for name in SCENARIOS:
         r = rows[name]
@@ -60,6 +64,12 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert r["ours_cpu_ms"] > 0 and r["postfix_cpu_ms"] > 0, r
     assert "CPU ms/msg" in table
     assert rows["idle"]["ours_pss_kb"] > 0 and rows["idle"]["postfix_pss_kb"] > 0
+    # --queues 2 made two queues: qscheduler runs four processes per queue
+    # (qmail-send, qmail-lspawn, qmail-rspawn, qmail-clean) beside svscan,
+    # two multilog, tcpserver and itself; 6 s idle outlast the reused
+    # delivery workers (retired after 5 s idle, send/spawn.py WORKER_IDLE)
+    assert results["queues"] == 2 and "(our queues: 2;" in table
+    assert rows["idle"]["ours_processes"] == 5 + 4 * 2, rows["idle"]
     # disk flushes per message, where the kernel counts them for the device
     # under /tmp: both systems fsync every message they take into Maildir
     import importlib.util
