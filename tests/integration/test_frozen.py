@@ -267,3 +267,56 @@ def test_frozen_supervise_keeps_a_double_forking_daemon(frozen: Path, tmp_path: 
             sup.wait()
     err = sup.stderr.read().decode() if sup.stderr else ""
     assert "Traceback" not in err and "internal error" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("given", "expect"),
+    [({}, None), ({"LD_LIBRARY_PATH": "/opt/x"}, "/opt/x")],
+    ids=["unset", "set"],
+)
+def test_started_programs_get_the_environment_we_got(
+    frozen: Path, tmp_path: Path, given: dict[str, str], expect: str | None
+) -> None:
+    """A program a frozen command starts (here envdir exec'ing printenv)
+    sees no bootloader variables, and LD_LIBRARY_PATH as we got it: not
+    our bundled library directory, which would shadow the system's."""
+    printenv = shutil.which("printenv")
+    assert printenv is not None
+    (tmp_path / "vars").mkdir()
+    res = run(
+        [frozen / "bin" / "envdir", tmp_path / "vars", printenv],
+        tmp_path,
+        env={**bare_env(), **given},
+    )
+    assert res.returncode == 0, text(res)
+    env = dict(line.split("=", 1) for line in res.stdout.decode().splitlines())
+    assert not [name for name in env if name.startswith("_PYI_")], env
+    assert "LD_LIBRARY_PATH_ORIG" not in env, env
+    assert env.get("LD_LIBRARY_PATH") == expect, env
+
+
+def test_command_started_by_a_command_has_its_own_name(frozen: Path, tmp_path: Path) -> None:
+    """tai64n exec'd by envdir is ``tai64n`` to ps/pgrep/killall (its
+    /proc/PID/comm), not ``envdir`` (the bootloader used to hand down the
+    first command's name)."""
+    (tmp_path / "vars").mkdir()
+    proc = subprocess.Popen(
+        [str(frozen / "bin" / "envdir"), str(tmp_path / "vars"), str(frozen / "bin" / "tai64n")],
+        env=bare_env(),
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()  # tai64n itself is running now
+        assert line.startswith(b"@") and line.endswith(b" hello\n"), line
+        comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
+        assert comm == "tai64n"
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=30)
