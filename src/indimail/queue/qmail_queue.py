@@ -16,6 +16,14 @@ order is the original's and is what makes a kill -9 at any moment safe:
 Anything before step 6 leaves no ``todo/`` entry; leftovers in ``pid/``,
 ``mess/`` and ``intd/`` are cleaned by queue-fix / qmail-clean.
 
+Where the system has ``O_TMPFILE`` and ``/proc`` (Linux), steps 1-2 make
+the file unnamed in one of the ``mess/`` split directories and link it
+straight to its ``mess`` name, and step 4 links such a file to
+``intd/<inode>``; elsewhere, or when that fails, the steps above run as
+written.  A killed run then leaves no pid file, and the new inodes come
+from the block groups of the many ``mess/`` parts, not from ``pid/``'s
+and ``intd/``'s alone (:func:`_unnamed`).
+
 :func:`enqueue` is the in-process form that our own injectors (sendmail,
 qmail-smtpd) call without starting a program.
 """
@@ -303,44 +311,25 @@ def enqueue(
     messfn: str | None = None
     intdfn: str | None = None
     try:
-        # 1. pid file: its inode becomes the message number.
-        start = int(time.time())
-        pidfn = None
-        for seq in range(1, 10):
-            candidate = f"{prefix}pid/{pid}.{start}.{seq}"
+        # 1-2. a new file named by its inode, unnamed until linked there
+        messfd = _unnamed(prefix, layout, 0)
+        if messfd != -1:
+            inode = os.fstat(messfd).st_ino
+            target = prefix + layout.rel("mess", inode)
             try:
-                messfd = _open_excl(candidate)
-                pidfn = candidate
-                break
+                _link_unnamed(messfd, target)
+                messfn = target
             except FileExistsError:
-                continue
-            except OSError as exc:
                 raise QueueError(
-                    codes.PID_FILE, f"trouble creating pid file {candidate}: {exc.strerror}"
+                    codes.LINK_MESS_PID, f"trouble linking {target} to pid file: file exists"
                 ) from None
-        if pidfn is None:
-            raise QueueError(
-                codes.PID_FILE, "trouble creating pid file: all sequence numbers taken"
-            )
-        inode = os.fstat(messfd).st_ino
-        messfn = prefix + layout.rel("mess", inode)
+            except OSError:  # no /proc here, ...: the pid file way
+                os.close(messfd)
+                messfd = -1
+        if messfd == -1:
+            messfd, inode, messfn = _pid_file_to_mess(layout, prefix, pid)
         intdfn = prefix + layout.rel("intd", inode)
         todofn = prefix + layout.rel("todo", inode)
-        # 2. name the message by its inode.
-        try:
-            os.link(pidfn, messfn)
-        except OSError as exc:
-            _unlink(pidfn)
-            target, messfn = messfn, None
-            raise QueueError(
-                codes.LINK_MESS_PID, f"trouble linking {target} to pid file: {exc.strerror}"
-            ) from None
-        try:
-            os.unlink(pidfn)
-        except OSError as exc:
-            raise QueueError(
-                codes.REMOVE_PID_ERR, f"trouble unlinking pid file: {exc.strerror}"
-            ) from None
         # 3. the message.
         try:
             _write_all(messfd, received)
@@ -354,7 +343,17 @@ def enqueue(
             envelope = envelope()
             envelope.check()
         try:
-            intdfd = _open_excl(intdfn)
+            intdfd = _unnamed(prefix, layout, 1)
+            if intdfd != -1:
+                try:
+                    _link_unnamed(intdfd, intdfn)
+                except FileExistsError:
+                    raise
+                except OSError:
+                    os.close(intdfd)
+                    intdfd = -1
+            if intdfd == -1:
+                intdfd = _open_excl(intdfn)
         except OSError as exc:
             intdfn = None
             raise QueueError(
@@ -401,6 +400,79 @@ def enqueue(
                 except OSError:
                     pass
         os.umask(old_umask)
+
+
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+
+
+def _unnamed(prefix: str, layout: Layout, salt: int) -> int:
+    """A new file without a name, open for writing, in one of the ``mess/``
+    split directories (a different one each time): -1 where the system or
+    the file system has no ``O_TMPFILE``.
+
+    Why: a new inode comes from its directory's block group, and ext4
+    without a journal skips, one lookup each, every inode of that group
+    freed in the last 5-305 s.  All of a queue's pid files in ``pid/``
+    (and its envelopes in ``intd/``) made every allocation scan the
+    inodes its own deliveries had just freed (docs/performance.md,
+    session 16); the ``mess/`` parts are spread over many groups."""
+    if not _O_TMPFILE or not layout.is_split("mess"):
+        return -1
+    part = (time.perf_counter_ns() // 1000 + salt) % layout.split
+    try:
+        return os.open(f"{prefix}mess/{part}", os.O_WRONLY | _O_TMPFILE, 0o644)
+    except OSError:
+        return -1
+
+
+def _link_unnamed(fd: int, path: str) -> None:
+    """Name the unnamed file ``fd`` ``path`` (linkat through /proc, which
+    needs no privilege; the absolute source makes the kernel ignore the
+    directory fd, which is given only so that os.link calls linkat with
+    AT_SYMLINK_FOLLOW instead of link)."""
+    os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd)
+
+
+def _pid_file_to_mess(layout: Layout, prefix: str, pid: int) -> tuple[int, int, str]:
+    """Steps 1-2 with a pid file: (fd, inode, mess path)."""
+    start = int(time.time())
+    pidfn = None
+    messfd = -1
+    for seq in range(1, 10):
+        candidate = f"{prefix}pid/{pid}.{start}.{seq}"
+        try:
+            messfd = _open_excl(candidate)
+            pidfn = candidate
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise QueueError(
+                codes.PID_FILE, f"trouble creating pid file {candidate}: {exc.strerror}"
+            ) from None
+    if pidfn is None:
+        raise QueueError(codes.PID_FILE, "trouble creating pid file: all sequence numbers taken")
+    try:
+        inode = os.fstat(messfd).st_ino
+        messfn = prefix + layout.rel("mess", inode)
+        try:
+            os.link(pidfn, messfn)
+        except OSError as exc:
+            _unlink(pidfn)
+            raise QueueError(
+                codes.LINK_MESS_PID, f"trouble linking {messfn} to pid file: {exc.strerror}"
+            ) from None
+        try:
+            os.unlink(pidfn)
+        except OSError as exc:
+            _unlink(messfn)
+            raise QueueError(
+                codes.REMOVE_PID_ERR, f"trouble unlinking pid file: {exc.strerror}"
+            ) from None
+    except BaseException:
+        os.close(messfd)
+        raise
+    return messfd, inode, messfn
 
 
 def _enqueue_lock(layout: Layout, prefix: str) -> int:

@@ -150,7 +150,7 @@ def test_unreadable_message_is_read_error(instance, tmp_path):
     assert leftovers(instance) == []
 
 
-def test_pid_dir_not_writable(instance):
+def _break_pid_dir(instance) -> None:
     if os.getuid() == 0:
         # root ignores modes: make pid/ a file instead
         pid = instance.queue(1) / "pid"
@@ -158,10 +158,90 @@ def test_pid_dir_not_writable(instance):
         pid.write_bytes(b"")
     else:
         os.chmod(instance.queue(1) / "pid", 0o500)
+
+
+def _layout(instance):
+    from indimail.queue.layout import Layout
+
+    return Layout(root=instance.queue(1), split=151, bigtodo=False)
+
+
+def test_unnamed_files_need_no_pid_dir(instance):
+    """Where O_TMPFILE and /proc exist (Linux), the message and envelope
+    files are made unnamed and linked to their names: pid/ is not used,
+    so a broken one does not stop queueing, and nothing is left there."""
+    if not hasattr(os, "O_TMPFILE"):
+        pytest.skip("no O_TMPFILE on this system: the pid file way is the only one")
+    _break_pid_dir(instance)
     env = instance.env(QUEUEDIR=str(instance.queue(1)))
     res = queue_with_fd1(instance, b"Fa@x.test\0Tb@y.test\0\0", env=env)
-    assert res.returncode == 70
-    assert b"pid file" in res.stderr
+    assert res.returncode == 0, res.stderr
+    (todo,) = instance.files("todo")
+    (mess,) = instance.files("mess")
+    assert mess.name == todo.name == str(mess.stat().st_ino)
+    assert mess.stat().st_nlink == 1 and todo.stat().st_nlink == 2  # todo = intd's 2nd name
+    assert mess.read_bytes().endswith(MESSAGE)
+    assert todo.read_bytes().endswith(b"Fa@x.test\0Tb@y.test\0")
+    assert stat.S_IMODE(mess.stat().st_mode) == stat.S_IMODE(todo.stat().st_mode) == 0o644
+
+
+def test_pid_dir_not_writable_without_unnamed_files(instance, monkeypatch):
+    """The pid file way (other systems, or O_TMPFILE refused): a pid/ that
+    cannot take a file is qmail-queue's code 70, and nothing is left."""
+    from indimail.queue import qmail_queue
+    from indimail.queue.qmail_queue import Envelope, QueueError, enqueue
+
+    monkeypatch.setattr(qmail_queue, "_unnamed", lambda *_a: -1)
+    _break_pid_dir(instance)
+    with pytest.raises(QueueError) as err:
+        enqueue(_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    assert err.value.code == 70 and "pid file" in err.value.reason
+    assert [p for sub in ("mess", "intd", "todo") for p in instance.files(sub)] == []
+
+
+@pytest.mark.parametrize("errno_", [2, 18, 1])  # ENOENT (no /proc), EXDEV, EPERM
+def test_unnamed_link_refused_falls_back_to_the_pid_file(instance, monkeypatch, errno_):
+    """If naming the unnamed file fails (no /proc in a chroot, ...), the
+    message goes the pid file way: queued, complete, no fd and no pid
+    file left behind."""
+    from indimail.queue import qmail_queue
+    from indimail.queue.qmail_queue import Envelope, enqueue
+
+    def refuse(fd: int, path: str) -> None:
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(qmail_queue, "_link_unnamed", refuse)
+    fds = set(os.listdir("/proc/self/fd"))
+    inode = enqueue(_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    assert set(os.listdir("/proc/self/fd")) == fds
+    q = instance.queue(1)
+    assert (q / "mess" / str(inode % 151) / str(inode)).read_bytes().endswith(MESSAGE)
+    assert (q / "todo" / str(inode)).read_bytes().endswith(b"Fa@x.test\0Tb@y.test\0")
+    assert instance.files("pid") == []
+
+
+def test_unnamed_mess_name_taken_is_code_67(instance, monkeypatch):
+    """A leftover file already holding the new inode's mess name (a damaged
+    queue) is qmail-queue's code 67, as for the pid file's link, and the
+    leftover is not removed."""
+    if not hasattr(os, "O_TMPFILE"):
+        pytest.skip("no O_TMPFILE on this system")
+    from indimail.queue import qmail_queue
+    from indimail.queue.qmail_queue import Envelope, QueueError, enqueue
+
+    taken = []
+
+    def occupied(fd: int, path: str) -> None:
+        Path(path).write_bytes(b"leftover")
+        taken.append(path)
+        raise FileExistsError(17, "File exists")
+
+    monkeypatch.setattr(qmail_queue, "_link_unnamed", occupied)
+    with pytest.raises(QueueError) as err:
+        enqueue(_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    assert err.value.code == 67
+    assert Path(taken[0]).read_bytes() == b"leftover"
+    assert instance.files("intd") == [] and instance.files("todo") == []
 
 
 def test_bad_control_queue_count(instance):
