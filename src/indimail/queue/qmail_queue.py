@@ -416,7 +416,7 @@ def _unnamed(prefix: str, layout: Layout, salt: int) -> int:
     (and its envelopes in ``intd/``) made every allocation scan the
     inodes its own deliveries had just freed (docs/performance.md,
     session 16); the ``mess/`` parts are spread over many groups."""
-    if not _O_TMPFILE or not layout.is_split("mess"):
+    if not _O_TMPFILE:
         return -1
     part = (time.perf_counter_ns() // 1000 + salt) % layout.split
     try:
