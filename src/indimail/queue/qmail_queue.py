@@ -317,15 +317,13 @@ def enqueue(
             inode = os.fstat(messfd).st_ino
             target = prefix + layout.rel("mess", inode)
             try:
-                _link_unnamed(messfd, target)
-                messfn = target
+                messfd = _named(messfd, target)
             except FileExistsError:
                 raise QueueError(
                     codes.LINK_MESS_PID, f"trouble linking {target} to pid file: file exists"
                 ) from None
-            except OSError:  # no /proc here, ...: the pid file way
-                os.close(messfd)
-                messfd = -1
+            if messfd != -1:
+                messfn = target
         if messfd == -1:
             messfd, inode, messfn = _pid_file_to_mess(layout, prefix, pid)
         intdfn = prefix + layout.rel("intd", inode)
@@ -345,13 +343,7 @@ def enqueue(
         try:
             intdfd = _unnamed(prefix, layout, 1)
             if intdfd != -1:
-                try:
-                    _link_unnamed(intdfd, intdfn)
-                except FileExistsError:
-                    raise
-                except OSError:
-                    os.close(intdfd)
-                    intdfd = -1
+                intdfd = _named(intdfd, intdfn)
             if intdfd == -1:
                 intdfd = _open_excl(intdfn)
         except OSError as exc:
@@ -431,6 +423,21 @@ def _link_unnamed(fd: int, path: str) -> None:
     directory fd, which is given only so that os.link calls linkat with
     AT_SYMLINK_FOLLOW instead of link)."""
     os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd)
+
+
+def _named(fd: int, path: str) -> int:
+    """The unnamed file ``fd`` linked as ``path``: ``fd``, or -1 with ``fd``
+    closed where this system refuses the link (no /proc, ...), so that the
+    caller goes the old way.  A taken name (FileExistsError) is raised,
+    with ``fd`` still open, for the caller to report as it would have."""
+    try:
+        _link_unnamed(fd, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
 
 
 def _pid_file_to_mess(layout: Layout, prefix: str, pid: int) -> tuple[int, int, str]:
