@@ -23,6 +23,13 @@ def queue_with_fd1(instance, envelope: bytes, message: bytes = MESSAGE, env=None
         return instance.run("qmail-queue", input=message, stdout=fd1, env=env)
 
 
+def queue1_layout(instance):
+    """The instance's first queue (split 151, BIGTODO 0), for enqueue()."""
+    from indimail.queue.layout import Layout
+
+    return Layout(root=instance.queue(1), split=151, bigtodo=False)
+
+
 def leftovers(instance) -> list[Path]:
     return [p for sub in ("pid", "mess", "intd", "todo") for p in instance.files(sub)]
 
@@ -160,12 +167,6 @@ def _break_pid_dir(instance) -> None:
         os.chmod(instance.queue(1) / "pid", 0o500)
 
 
-def _layout(instance):
-    from indimail.queue.layout import Layout
-
-    return Layout(root=instance.queue(1), split=151, bigtodo=False)
-
-
 def test_unnamed_files_need_no_pid_dir(instance):
     """Where O_TMPFILE and /proc exist (Linux), the message and envelope
     files are made unnamed and linked to their names: pid/ is not used,
@@ -194,7 +195,7 @@ def test_pid_dir_not_writable_without_unnamed_files(instance, monkeypatch):
     monkeypatch.setattr(qmail_queue, "_unnamed", lambda *_a: -1)
     _break_pid_dir(instance)
     with pytest.raises(QueueError) as err:
-        enqueue(_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+        enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
     assert err.value.code == 70 and "pid file" in err.value.reason
     assert [p for sub in ("mess", "intd", "todo") for p in instance.files(sub)] == []
 
@@ -212,7 +213,7 @@ def test_unnamed_link_refused_falls_back_to_the_pid_file(instance, monkeypatch, 
 
     monkeypatch.setattr(qmail_queue, "_link_unnamed", refuse)
     fds = set(os.listdir("/proc/self/fd"))
-    inode = enqueue(_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    inode = enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
     assert set(os.listdir("/proc/self/fd")) == fds
     q = instance.queue(1)
     assert (q / "mess" / str(inode % 151) / str(inode)).read_bytes().endswith(MESSAGE)
@@ -238,7 +239,7 @@ def test_unnamed_mess_name_taken_is_code_67(instance, monkeypatch):
 
     monkeypatch.setattr(qmail_queue, "_link_unnamed", occupied)
     with pytest.raises(QueueError) as err:
-        enqueue(_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+        enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
     assert err.value.code == 67
     assert Path(taken[0]).read_bytes() == b"leftover"
     assert instance.files("intd") == [] and instance.files("todo") == []
@@ -281,11 +282,10 @@ def test_unreadable_queue_base_control(instance):
 
 @pytest.mark.parametrize("syncdir", ["", "1"])
 def test_syncs_files_and_with_use_syncdir_their_directories(instance, monkeypatch, syncdir):
-    from indimail.queue.layout import Layout
     from indimail.queue.qmail_queue import Envelope, enqueue
 
     q = instance.queue(1)
-    layout = Layout(root=q, split=151, bigtodo=False)
+    layout = queue1_layout(instance)
     seen = fsync_spy(monkeypatch)
     env = {"USE_SYNCDIR": syncdir} if syncdir else {}
     inode = enqueue(layout, MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)), environ=env)
@@ -302,10 +302,9 @@ def test_syncs_files_and_with_use_syncdir_their_directories(instance, monkeypatc
 
 
 def test_use_syncdir_failure_is_code_69_and_leaves_nothing(instance, monkeypatch):
-    from indimail.queue.layout import Layout
     from indimail.queue.qmail_queue import Envelope, QueueError, enqueue
 
-    layout = Layout(root=instance.queue(1), split=151, bigtodo=False)
+    layout = queue1_layout(instance)
     fsync_spy(monkeypatch, fail_dirs=True)
     envelope = Envelope(b"a@x.test", (b"b@y.test",))
     with pytest.raises(QueueError) as err:
@@ -316,14 +315,10 @@ def test_use_syncdir_failure_is_code_69_and_leaves_nothing(instance, monkeypatch
 
 
 def test_enqueue_pokes_the_trigger_after_the_commit(instance):
-    from indimail.queue.layout import Layout
     from indimail.queue.qmail_queue import Envelope, enqueue
 
-    q = instance.queue(1)
-    with TriggerReader(q) as trigger:
-        enqueue(
-            Layout(root=q, split=151, bigtodo=False), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",))
-        )
+    with TriggerReader(instance.queue(1)) as trigger:
+        enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
         assert trigger.pokes() == b"\0"
 
 
