@@ -8,12 +8,14 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import signal
 import socket
 import time
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 from smtp_service import SmtpService, served_by, session
 
 from support import Instance
@@ -187,3 +189,95 @@ def test_pool_max_zero_gives_each_session_its_own_worker(
         first, second = served_by(svc, 2)
         assert first != second
         assert gone(first)
+
+
+# -- workers accept by themselves: -c, -C and the log lines still hold ------------------
+
+
+def greeted(port: int, source: str = "127.0.0.1", wait: float = 10) -> socket.socket | None:
+    """A connection from ``source`` that got qmail-smtpd's 220 (kept open),
+    or None if the server closed it without one."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait, source_address=(source, 0))
+    line = s.makefile("rb").readline()
+    if line.startswith(b"220 "):
+        return s
+    assert line == b"", line
+    s.close()
+    return None
+
+
+def wait_for(svc: SmtpService, text: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := svc.logtext()):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.02)
+    return log
+
+
+def serving_pids(svc: SmtpService, n: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while len(pids := re.findall(r"tcpserver: pid (\d+) from ", svc.logtext())) < n:
+        assert time.monotonic() < deadline, svc.logtext()
+        time.sleep(0.02)
+    return [int(p) for p in pids]
+
+
+def test_per_ip_limit_counts_the_sessions_of_every_worker(
+    instance: Instance, tmp_path: Path
+) -> None:
+    with SmtpService(instance, tmp_path, rules=RULES, maxperip=2) as svc:
+        held = [greeted(svc.port), greeted(svc.port)]
+        assert all(held)
+        assert len(set(serving_pids(svc, 2))) == 2  # two workers, one client each
+        assert greeted(svc.port) is None  # a third from 127.0.0.1: refused
+        wait_for(svc, "tcpserver: end 127.0.0.1 perIPlimit 2\n")
+        other = greeted(svc.port, "127.0.0.2")  # another client is served
+        assert other is not None
+        other.close()
+        held.pop().close()  # one place of 127.0.0.1 frees when its session ends
+        deadline = time.monotonic() + 10
+        while (again := greeted(svc.port)) is None:
+            assert time.monotonic() < deadline, svc.logtext()
+            time.sleep(0.05)
+        again.close()
+        held.pop().close()
+        log = svc.logtext()
+    assert log.count("perIPlimit") >= 1
+    assert "Traceback" not in log and "internal error" not in log
+
+
+def test_concurrency_limit_counts_pooled_sessions(instance: Instance, tmp_path: Path) -> None:
+    with SmtpService(instance, tmp_path, rules=RULES, limit=2) as svc:
+        first, second = greeted(svc.port), greeted(svc.port)
+        assert first and second
+        wait_for(svc, "tcpserver: status: 2/2 un-encrypted session")
+        third = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+        third.settimeout(0.7)
+        with pytest.raises(TimeoutError):
+            third.recv(10)  # waits in the backlog: -c 2 places are taken
+        first.close()
+        third.settimeout(10)
+        assert third.recv(4) == b"220 "
+        third.close()
+        second.close()
+        assert len(svc.children()) <= 2  # never more workers than -c places
+
+
+def test_worker_killed_in_a_session_is_logged_and_its_place_freed(
+    instance: Instance, tmp_path: Path
+) -> None:
+    with SmtpService(instance, tmp_path, rules=RULES, maxperip=1) as svc:
+        held = greeted(svc.port)
+        assert held is not None
+        (pid,) = serving_pids(svc, 1)
+        assert pid in svc.children()
+        os.kill(svc.proc.pid, signal.SIGUSR1)  # the listener lists the session
+        wait_for(svc, f"tcpserver: 0: IP 127.0.0.1: PID {pid}\n")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(svc, f"tcpserver: end {pid} killed by signal 9\n")
+        log = wait_for(svc, f"sigchild, pid={pid}\n")
+        held.close()
+        assert f"tcpserver: status: 0/40 sigchild, pid={pid}\n" in log
+        again = greeted(svc.port)  # -C 1: its place counts no more
+        assert again is not None
+        again.close()

@@ -6,13 +6,15 @@ the copy-on-write faults after it).  So, as Postfix's smtpd processes do,
 a worker forked from the listening process serves one connection after
 another:
 
-* The listening process keeps all its duties (``-c``/``-C``, rules are
-  still followed per connection, log lines): it accepts, then passes the
-  connection's fd to an idle worker over a UNIX socketpair
-  (``SCM_RIGHTS``) with the peer's address.  A worker serves one
-  connection at a time and answers with the program's exit code; the
-  listener logs ``end PID status N`` and ``sigchild`` lines as for a
-  forked child, PID being the worker's.
+* Idle workers accept on the listening socket themselves (``Waiter``):
+  a connection reaches its worker with one wake-up and no hand-over.  The
+  listener forks a worker when none is idle (a worker that takes the last
+  idle place says so, ``NEED``), reaps them, and accepts itself only when
+  the pool is full, forking a child for that connection.
+* ``-c``, ``-C`` and the status lines' counts come from a ``Table`` in
+  shared memory: a slot per worker or child, idle or busy with its
+  client's address.  A worker logs its sessions' ``end``/``sigchild``
+  lines itself, as the listener does for a child.
 * Only a command that declares ``UCSPI_POOL = True`` in its module is
   pooled (qmail-smtpd): it keeps no state across runs outside what is
   reset here.  Anything else is forked per connection, as before.
@@ -20,43 +22,42 @@ another:
   have changed: environment, cwd, umask, signal dispositions, timers,
   stdio, ``sys.argv``, the process-wide paths object and the connection
   hand-offs.  A worker that cannot prove it is clean (an fd left open
-  after collecting garbage, uid/gid changed, an internal error) answers
-  and then exits instead of serving again.
+  after collecting garbage, uid/gid changed, an internal error) exits
+  after its session instead of serving again.
 * A worker retires after ``TCPSERVER_POOL_MAXUSE`` connections (default
   100), after ``TCPSERVER_POOL_IDLE`` seconds without one (default 5),
-  when ``TCPSERVER_POOL_MAXIDLE`` workers (default 20) already wait or
-  more than ``TCPSERVER_POOL_MAX`` workers (default 24) exist (beyond
-  that, each connection gets a worker of its own that ends with it: a
-  fresh fork is smaller than a worker that served many), when
+  when ``TCPSERVER_POOL_MAXIDLE`` workers (default 20) already wait, when
   its resident memory grew by more than ``TCPSERVER_POOL_MAXMEM`` MB
   since it started (default 16; a hostile client's 1 MB lines grow the
-  heap, which Python keeps), and whenever the listener goes away (EOF on its
-  socketpair).  ``TCPSERVER_POOL=0`` turns the pool off.
+  heap, which Python keeps), and whenever the listener goes away or
+  closes its socketpair (EOF).  There are at most ``TCPSERVER_POOL_MAX``
+  workers (default 24); beyond that, each connection gets a forked child
+  of its own that ends with it (a fresh fork is smaller than a worker that
+  served many).  ``TCPSERVER_POOL=0`` turns the pool off.
 """
 
 from __future__ import annotations
 
 import gc
+import mmap
 import os
+import select
 import selectors
 import signal
 import socket
 import struct
 import sys
-import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-# ip16, remote port, connections from that IP, active sessions (this one too)
-HEADER = struct.Struct("!16sHII")
-STATUS = struct.Struct("!iB")  # exit code, 1 = the worker stays, 0 = it retires
 DEFAULT_MAXUSE = 100
 DEFAULT_IDLE = 5
 DEFAULT_MAXIDLE = 20
 DEFAULT_MAX = 24
 DEFAULT_MAXMEM = 16  # MB
+NEED = b"N"  # worker -> listener: I took the last idle place, fork another
 
 
 class Settings:
@@ -81,109 +82,161 @@ def _number(environ: Mapping[str, str], name: str, default: int, low: int, high:
     return default
 
 
-class Worker:
-    __slots__ = ("busy", "chan", "idle_since", "pid", "uses")
+# -- who serves whom ------------------------------------------------------------------
 
-    def __init__(self, pid: int, chan: socket.socket) -> None:
+FREE, IDLE, BUSY = 0, 1, 2
+SLOT = 17  # state byte + the client's 16-byte address
+_HIGH = struct.Struct("=I")  # slots in use are below this index
+NO_ADDRESS = bytes(16)
+
+
+class Table:
+    """One slot per worker or forked child, in memory shared by the
+    listener and every process it forks: its state (idle worker, busy)
+    and, when busy, its client's address.
+
+    A worker accepts by itself, so the listener never sees the
+    connection; the worker counts the client's other connections (``-C``,
+    ``MAXPERIP``) and the sessions for the status lines here, without a
+    round trip.  Only the listener hands out and takes back slots (after
+    the holder was reaped); a worker writes only its own."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.mm = mmap.mmap(-1, _HIGH.size + slots * SLOT)  # anonymous, MAP_SHARED
+        self.used: set[int] = set()  # the listener's own record of slots handed out
+
+    def claim(self, state: int, ip16: bytes = NO_ADDRESS) -> int | None:
+        """The listener: the lowest free slot, set to ``state``; None if all are taken."""
+        for slot in range(self.slots):
+            if slot not in self.used:
+                break
+        else:
+            return None
+        self.used.add(slot)
+        self.set(slot, state, ip16)
+        if slot >= self.high():
+            _HIGH.pack_into(self.mm, 0, slot + 1)
+        return slot
+
+    def release(self, slot: int) -> None:
+        """The listener, after the slot's holder was reaped."""
+        self.set(slot, FREE)
+        self.used.discard(slot)
+        high = self.high()
+        while high and high - 1 not in self.used:
+            high -= 1
+        _HIGH.pack_into(self.mm, 0, high)
+
+    def set(self, slot: int, state: int, ip16: bytes = NO_ADDRESS) -> None:
+        off = _HIGH.size + slot * SLOT
+        self.mm[off : off + SLOT] = bytes((state,)) + ip16
+
+    def high(self) -> int:
+        return _HIGH.unpack_from(self.mm, 0)[0]
+
+    def is_busy(self, slot: int) -> bool:
+        return self.mm[_HIGH.size + slot * SLOT] == BUSY
+
+    def _snapshot(self) -> bytes:
+        return self.mm[_HIGH.size : _HIGH.size + min(self.high(), self.slots) * SLOT]
+
+    def count(self, state: int) -> int:
+        return self._snapshot()[0::SLOT].count(state)
+
+    def clients(self, ip16: bytes, besides: int = -1) -> int:
+        """Busy slots serving ``ip16``, not counting slot ``besides``."""
+        data = self._snapshot()
+        key = bytes((BUSY,)) + ip16
+        n = 0
+        pos = data.find(key)
+        while pos != -1:
+            if pos % SLOT == 0 and pos // SLOT != besides:
+                n += 1
+            pos = data.find(key, pos + 1)
+        return n
+
+    def busy(self) -> list[tuple[int, bytes]]:
+        """(slot, address) of every busy slot."""
+        data = self._snapshot()
+        return [
+            (i, data[i * SLOT + 1 : (i + 1) * SLOT])
+            for i in range(len(data) // SLOT)
+            if data[i * SLOT] == BUSY
+        ]
+
+
+class Worker:
+    __slots__ = ("chan", "pid", "slot")
+
+    def __init__(self, pid: int, chan: socket.socket, slot: int) -> None:
         self.pid = pid
         self.chan = chan
-        self.uses = 0
-        self.idle_since = time.monotonic()
-        self.busy = False
+        self.slot = slot
 
 
 class Pool:
-    """The listener's side: idle and busy workers, dispatch, retirement."""
+    """The listener's side: fork workers when none is idle, reap them.
 
-    def __init__(self, settings: Settings, sel: selectors.BaseSelector) -> None:
+    Workers accept on the listening socket themselves (``Waiter``), serve,
+    log and retire on their own; the listener hears from one only when it
+    took the last idle place (``NEED``: fork another before the next
+    client comes) and sees it end by SIGCHLD.  Its socketpair is how a
+    worker learns that the listener went away (EOF)."""
+
+    def __init__(self, settings: Settings, sel: selectors.BaseSelector, table: Table) -> None:
         self.sel = sel
-        self.maxuse = settings.maxuse
-        self.maxidle = settings.maxidle
+        self.table = table
         self.maxworkers = settings.maxworkers
-        self.idle_timeout = settings.idle
         self.workers: dict[int, Worker] = {}  # pid -> worker
-        self.idle: list[Worker] = []  # most recently used last: reuse the warmest
 
-    def spawn(
-        self, child_main: Callable[[socket.socket], None], drop: socket.socket
-    ) -> Worker | None:
-        """Fork a worker running ``child_main(channel)``; None if fork fails.
-        ``drop`` (the connection being handed out) is closed in the worker:
-        it arrives again through the channel, and a copy kept from the fork
-        would hold the client's connection open after the session."""
+    def idle(self) -> int:
+        return self.table.count(IDLE)
+
+    def spawn(self, child_main: Callable[[socket.socket, int], None]) -> Worker | None:
+        """Fork a worker running ``child_main(channel, slot)``; None if it
+        can't (no slot, no fork)."""
+        slot = self.table.claim(IDLE)
+        if slot is None:
+            return None
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
         except OSError:
             mine.close()
             theirs.close()
+            self.table.release(slot)
             return None
         if pid == 0:
             mine.close()
-            drop.close()
             for w in self.workers.values():  # so EOF reaches each worker
                 w.chan.close()
             self.workers.clear()
-            self.idle.clear()
             self.sel.close()
-            child_main(theirs)
+            child_main(theirs, slot)
             os._exit(0)  # pragma: no cover - child_main never returns
         theirs.close()
         mine.setblocking(False)  # an event already handled must not block us
-        w = Worker(pid, mine)
+        w = Worker(pid, mine, slot)
         self.workers[pid] = w
         self.sel.register(mine, selectors.EVENT_READ, w)
         return w
 
-    def dispatch(self, w: Worker, conn: socket.socket, header: bytes) -> bool:
-        """Hand ``conn`` to ``w``; False (worker retired) if it can't take it."""
+    def heard(self, w: Worker) -> bool:
+        """Read what ``w`` sent: True if it asked for another worker."""
         try:
-            socket.send_fds(w.chan, [header], [conn.fileno()])
-        except OSError:
-            self.retire(w)
-            return False
-        w.busy = True
-        w.uses += 1
-        return True
-
-    def take_idle(self) -> Worker | None:
-        while self.idle:
-            w = self.idle.pop()
-            if w.pid in self.workers:
-                return w
-        return None
-
-    def finished(self, w: Worker) -> tuple[int, bool] | None:
-        """Read a worker's answer: (exit code, worker went idle), or None when
-        it closed its end (it exited; reap() collects it)."""
-        try:
-            data = w.chan.recv(STATUS.size)
+            data = w.chan.recv(64)
         except (BlockingIOError, InterruptedError):
-            return None
+            return False
         except OSError:
             data = b""
-        if len(data) != STATUS.size:  # it exited (reap() reports a session it cut)
-            self.retire(w)
-            return None
-        code, stays = STATUS.unpack(data)
-        w.busy = False
-        if (
-            stays
-            and w.uses < self.maxuse
-            and len(self.idle) < self.maxidle
-            and len(self.workers) <= self.maxworkers
-        ):
-            w.idle_since = time.monotonic()
-            self.idle.append(w)
-            return code, True
-        self.retire(w)
-        return code, False
+        if not data:  # it is exiting: reap() takes back its slot
+            self.close(w)
+            return False
+        return NEED in data
 
-    def retire(self, w: Worker) -> None:
-        """Close our end: the worker sees EOF and exits (reaped as usual)."""
-        self.workers.pop(w.pid, None)
-        if w in self.idle:
-            self.idle.remove(w)
+    def close(self, w: Worker) -> None:
+        """Close our end: the worker sees EOF and ends after its session."""
         try:
             self.sel.unregister(w.chan)
         except (KeyError, ValueError):
@@ -194,21 +247,64 @@ class Pool:
             pass
 
     def forget(self, pid: int) -> bool:
-        """A reaped pid: True (and dropped) if it was one of ours."""
-        w = self.workers.get(pid)
+        """A reaped pid: True (and its slot freed) if it was a worker."""
+        w = self.workers.pop(pid, None)
         if w is None:
             return False
-        self.retire(w)
+        self.close(w)
+        self.table.release(w.slot)
         return True
 
-    def expire(self, now: float) -> None:
-        while self.idle and now - self.idle[0].idle_since >= self.idle_timeout:
-            self.retire(self.idle[0])
+    def trim(self, keep: int) -> None:
+        """Fewer workers (``-c`` lowered): close the channel of all but ``keep``."""
+        for w in list(self.workers.values())[keep:]:
+            self.close(w)
 
-    def next_expiry(self, now: float) -> float | None:
-        if not self.idle:
-            return None
-        return max(0.05, self.idle[0].idle_since + self.idle_timeout - now)
+
+class Waiter:
+    """A worker's wait for its next client or for EOF from the listener.
+
+    Every idle worker waits on the one listening socket; with Linux's
+    ``EPOLLEXCLUSIVE`` a new connection wakes one of them, elsewhere all
+    do, and those that lose the race to ``accept()`` wait again."""
+
+    def __init__(self, lsock: socket.socket, chan: socket.socket) -> None:
+        self.lfd = lsock.fileno()
+        self.cfd = chan.fileno()
+        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+        if exclusive and hasattr(select, "epoll"):
+            self.ep: select.epoll | None = select.epoll()
+            self.ep.register(self.cfd, select.EPOLLIN)
+            self.ep.register(self.lfd, select.EPOLLIN | exclusive)
+            self.sel = None
+        else:
+            self.ep = None
+            self.sel = selectors.DefaultSelector()
+            self.sel.register(self.cfd, selectors.EVENT_READ)
+            self.sel.register(self.lfd, selectors.EVENT_READ)
+
+    def wait(self, timeout: float) -> tuple[bool, bool]:
+        """(a client is waiting, the listener spoke or went away); both
+        False after ``timeout`` seconds (0: no limit) with nothing."""
+        t = timeout if timeout > 0 else None
+        while True:
+            try:
+                if self.ep is not None:
+                    fds = [fd for fd, _ in self.ep.poll(-1 if t is None else t)]
+                else:
+                    assert self.sel is not None
+                    fds = [key.fd for key, _ in self.sel.select(t)]
+                return self.lfd in fds, self.cfd in fds
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+
+
+def need(chan: socket.socket) -> None:
+    """Ask the listener for another worker (it sees our slot busy)."""
+    try:
+        chan.send(NEED, socket.MSG_DONTWAIT)
+    except OSError:
+        pass  # a full or closed channel: the listener knows, or is gone
 
 
 # -- the worker's side ------------------------------------------------------------
@@ -382,38 +478,3 @@ class Baseline:
         if mem is not None and self.resident is not None and mem - self.resident > self.maxmem_kb:
             clean = False  # a fresh fork is smaller than what this one kept
         return clean
-
-
-def receive(chan: socket.socket) -> tuple[bytes, socket.socket] | None:
-    """The next connection from the listener, or None at EOF / on nonsense."""
-    while True:
-        try:
-            msg, fds, _flags, _addr = socket.recv_fds(chan, HEADER.size, 4)
-            break
-        except InterruptedError:
-            continue
-        except OSError:
-            return None
-    if len(fds) != 1 or not msg:
-        for fd in fds:
-            os.close(fd)
-        return None
-    while len(msg) < HEADER.size:  # the rest of a split header (never with fds)
-        try:
-            more = chan.recv(HEADER.size - len(msg))
-        except InterruptedError:
-            continue
-        except OSError:
-            more = b""
-        if not more:
-            os.close(fds[0])
-            return None
-        msg += more
-    return msg, socket.socket(fileno=fds[0])
-
-
-def answer(chan: socket.socket, code: int, stays: bool) -> None:
-    try:
-        chan.sendall(STATUS.pack(max(-(2**31), min(code, 2**31 - 1)), 1 if stays else 0))
-    except OSError:
-        os._exit(0)

@@ -15,9 +15,11 @@ up the environment (``PROTO``, ``TCPLOCALIP`` ...), follows the rules of
 * any other program: ``execvp``, as the original.
 
 When the in-process command declares ``UCSPI_POOL = True`` (qmail-smtpd),
-connections go to pre-forked workers that serve one after another instead
-of a fork each (:mod:`indimail.ucspi.pool`; ``TCPSERVER_POOL=0`` turns it
-off).  The listener still does the accounting and logging described here.
+pre-forked workers accept on the listening socket themselves and serve one
+connection after another instead of a fork each (:mod:`indimail.ucspi.pool`;
+``TCPSERVER_POOL=0`` turns it off).  ``-c``, ``-C`` and the log lines are as
+described here: a worker counts the sessions in a table shared with the
+listener and logs its own sessions' lines.
 
 With TLS (``-n``/``-s``) the child does the handshake (bounded by ``-S``)
 and either hands the TLS socket to an in-process command that declares
@@ -396,6 +398,8 @@ class Server:
         self.pool: pool.Pool | None = None
         self.pool_settings = pool.Settings({})
         self.pool_wanted = False
+        self.table: pool.Table | None = None  # with the pool: who serves whom
+        self.child_slots: dict[int, int] = {}  # forked child's pid -> its table slot
 
     # logging
     def warn(self, text: str) -> None:
@@ -410,7 +414,7 @@ class Server:
     ) -> None:
         if self.o.verbosity < 2:
             return
-        line = f"tcpserver: status: {len(self.children)}/{self.o.limit} {what}"
+        line = f"tcpserver: status: {self.active()}/{self.o.limit} {what}"
         if tls is not None:
             line += f", sslpid={pid}" + (f", childpid={child}" if child else "")
         else:
@@ -422,6 +426,16 @@ class Server:
         if tls is not None:
             line += ", " + tls
         self.warn(line)
+
+    def active(self) -> int:
+        """Sessions being served (the status lines' count)."""
+        if self.table is not None:
+            return self.table.count(pool.BUSY)
+        return len(self.children)
+
+    def places(self) -> int:
+        """Places of ``-c`` taken: forked children and workers, idle or not."""
+        return len(self.children) + (len(self.pool.workers) if self.pool is not None else 0)
 
     # setup
     def bind(self) -> None:
@@ -553,7 +567,7 @@ class Server:
             except Exception:
                 self.ours_tls_aware = poolable = False
             relayed = o.ssl and not self.ours_tls_aware  # needs a relay fork anyway
-            self.pool_wanted = poolable and not relayed and hasattr(socket, "send_fds")
+            self.pool_wanted = poolable and not relayed
         if not self.unix_path and (o.remotehost or o.localhost is None):
             try:
                 from indimail.deliver import dns as rdns
@@ -593,10 +607,20 @@ class Server:
                         self.o.limit = read_limit(self.o.limitfile, self.o.limit)
                     except Fatal as exc:
                         self.warn(f"tcpserver: {exc.message}")
-                self.warn(f"tcpserver: sighup: {len(self.children)}/{self.o.limit}")
+                if self.pool is not None:
+                    self.pool.trim(max(0, self.o.limit - len(self.children)))
+                self.warn(f"tcpserver: sighup: {self.active()}/{self.o.limit}")
             elif sig == signal.SIGUSR1 and self.o.verbosity >= 2:
-                for slot, (pid, ip16) in enumerate(self.children.items()):
-                    self.warn(f"tcpserver: {slot}: IP {self.ip_text(ip16)}: PID {pid}")
+                for n, (pid, ip16) in enumerate(self.sessions()):
+                    self.warn(f"tcpserver: {n}: IP {self.ip_text(ip16)}: PID {pid}")
+
+    def sessions(self) -> list[tuple[int, bytes]]:
+        """(pid, client address) of every session being served."""
+        if self.table is None or self.pool is None:
+            return list(self.children.items())
+        holder = {w.slot: w.pid for w in self.pool.workers.values()}
+        holder.update((slot, pid) for pid, slot in self.child_slots.items())
+        return [(holder[slot], ip16) for slot, ip16 in self.table.busy() if slot in holder]
 
     def reap(self) -> None:
         while self.children or self.pool is not None:  # retired workers too
@@ -608,9 +632,18 @@ class Server:
                 continue
             if pid == 0:
                 return
-            if self.pool is not None:
-                self.pool.forget(pid)
-            if pid not in self.children:  # a pool worker that retired idle
+            serving = False  # a worker that ended in a session
+            if self.pool is not None and self.table is not None:
+                w = self.pool.workers.get(pid)
+                if w is not None:
+                    serving = self.table.is_busy(w.slot)
+                    self.pool.forget(pid)
+                    if not serving:
+                        continue  # it retired (and logged its sessions itself)
+                slot = self.child_slots.pop(pid, None)
+                if slot is not None:
+                    self.table.release(slot)
+            if pid not in self.children and not serving:
                 continue
             if self.o.verbosity >= 2:
                 if os.WIFSIGNALED(wstat):
@@ -646,25 +679,23 @@ class Server:
         if self.pool_wanted:
             self.pool_settings = pool.Settings(os.environ)
             if self.pool_settings.enabled:
-                self.pool = pool.Pool(self.pool_settings, sel)
+                # a slot for every place -c allows now, and room to raise it
+                self.table = pool.Table(max(4 * o.limit, pool.DEFAULT_MAX, 1024))
+                self.pool = pool.Pool(self.pool_settings, sel, self.table)
         listening = False
         self.status("startup", os.getpid())
         while True:
             self.handle_signals()
             self.reap()
-            want = len(self.children) < o.limit
+            # with the pool, an idle worker takes the next client itself
+            want = self.places() < o.limit and (self.pool is None or not self.pool.idle())
             if want and not listening:
                 sel.register(self.sock, selectors.EVENT_READ)
                 listening = True
             elif not want and listening:
                 sel.unregister(self.sock)
                 listening = False
-            timeout = 5.0
-            if self.pool is not None:
-                now = time.monotonic()
-                self.pool.expire(now)
-                timeout = min(timeout, self.pool.next_expiry(now) or timeout)
-            for key, _ in sel.select(timeout=timeout):
+            for key, _ in sel.select(timeout=5.0):
                 if key.fd == rfd:
                     try:
                         while os.read(rfd, 512):
@@ -672,14 +703,25 @@ class Server:
                     except (BlockingIOError, InterruptedError):
                         pass
                 elif isinstance(key.data, pool.Worker):
-                    self.worker_done(key.data)
-                else:
+                    if self.pool is not None and self.pool.heard(key.data):
+                        self.more_workers()
+                elif self.pool is None or not self.more_workers():
                     self.accept_some()
+
+    def more_workers(self) -> bool:
+        """Fork a worker if none is idle and -c and the pool allow one:
+        True if a worker is idle now (it accepts the waiting client)."""
+        assert self.pool is not None
+        if self.pool.idle():
+            return True
+        if len(self.pool.workers) >= self.pool.maxworkers or self.places() >= self.o.limit:
+            return False
+        return self.pool.spawn(self.worker_main) is not None
 
     def accept_some(self) -> None:
         assert self.sock is not None
         for _ in range(ACCEPT_BURST):
-            if len(self.children) >= self.o.limit or self.pending:
+            if self.places() >= self.o.limit or self.pending:
                 return
             try:
                 conn, peer = self.sock.accept()
@@ -692,23 +734,37 @@ class Server:
                 return
             self.start(conn, peer)
 
-    def start(self, conn: socket.socket, peer: object) -> None:
-        o = self.o
+    def peer_of(self, peer: object) -> tuple[bytes, int]:
+        """(16-byte address, port) of what accept() returned."""
         if self.unix_path:
-            ip16, rport = b"unix".ljust(16, b"\0"), 0
-        else:
-            ip16 = _peer_ip16(peer[0])  # type: ignore[index]
-            rport = peer[1]  # type: ignore[index]
-        ipcount = sum(1 for v in self.children.values() if v == ip16)
-        if o.perhostlimit and ipcount >= o.perhostlimit:
+            return b"unix".ljust(16, b"\0"), 0
+        return _peer_ip16(peer[0]), peer[1]  # type: ignore[index]
+
+    def clients(self, ip16: bytes, besides: int = -1) -> int:
+        """Sessions being served for ``ip16`` (``-C``)."""
+        if self.table is not None:
+            return self.table.clients(ip16, besides)
+        return sum(1 for v in self.children.values() if v == ip16)
+
+    def over_perhost(self, ip16: bytes, ipcount: int) -> bool:
+        if self.o.perhostlimit and ipcount >= self.o.perhostlimit:
             self.warn(f"tcpserver: end {self.ip_text(ip16)} perIPlimit {ipcount}")
+            return True
+        return False
+
+    def start(self, conn: socket.socket, peer: object) -> None:
+        """Serve ``conn`` in a forked child of its own."""
+        ip16, rport = self.peer_of(peer)
+        ipcount = self.clients(ip16)
+        if self.over_perhost(ip16, ipcount):
             conn.close()
             return
-        if self.pool is not None and self.to_worker(conn, ip16, rport, ipcount):
-            return
+        slot = self.table.claim(pool.BUSY, ip16) if self.table is not None else None
         try:
             pid = os.fork()
         except OSError as exc:
+            if slot is not None and self.table is not None:
+                self.table.release(slot)
             self.warn(f"{DROP}unable to fork: {exc.strerror}")
             conn.close()
             self.status("Failure", os.getpid())
@@ -720,6 +776,8 @@ class Server:
             finally:
                 exit_child(code)
         self.children[pid] = ip16
+        if slot is not None:
+            self.child_slots[pid] = slot
         conn.close()
 
     def session(
@@ -739,43 +797,14 @@ class Server:
             return EXIT_TEMP, False
 
     # the worker pool (ucspi/pool.py)
-    def to_worker(self, conn: socket.socket, ip16: bytes, rport: int, ipcount: int) -> bool:
-        """Hand the connection to a pooled worker; False: fork as usual."""
-        assert self.pool is not None
-        header = pool.HEADER.pack(ip16, rport, ipcount, len(self.children) + 1)
-        for _ in range(2):  # an idle worker may have just exited: one more try
-            w = self.pool.take_idle()
-            if w is None:
-                # a worker may have answered since this loop last looked: the
-                # client of a finished session often reconnects before the
-                # listener has read that answer, and forking a worker for
-                # it would grow the pool to twice the concurrency
-                for key, _ in self.pool.sel.select(0):
-                    if isinstance(key.data, pool.Worker):
-                        self.worker_done(key.data)
-                w = self.pool.take_idle() or self.pool.spawn(self.worker_main, conn)
-            if w is None:
-                return False
-            if self.pool.dispatch(w, conn, header):
-                self.children[w.pid] = ip16
-                conn.close()
-                return True
-        return False
-
-    def worker_done(self, w: pool.Worker) -> None:
-        assert self.pool is not None
-        got = self.pool.finished(w)
-        if got is None:
-            return  # it exited: reap() reports the session it was serving
-        code = got[0]
-        if self.o.verbosity >= 2 and code:
-            self.warn(f"tcpserver: end {w.pid} status {code}")
-        self.children.pop(w.pid, None)
-        self.status("sigchild", w.pid)
-
-    def worker_main(self, chan: socket.socket) -> None:
-        """A pooled worker: serve connections until EOF, retirement or doubt."""
-        code = EXIT_TEMP
+    def worker_main(self, chan: socket.socket, slot: int) -> None:
+        """A pooled worker: accept and serve clients until EOF from the
+        listener, retirement or doubt; log what the listener logs for a
+        forked child."""
+        table = self.table
+        assert table is not None and self.sock is not None
+        settings = self.pool_settings
+        lsock, self.sock = self.sock, None  # ours now, not the listener's
         try:
             Child.reset_parent_state_of(self, None)
             try:  # built once, not again by every session
@@ -785,26 +814,56 @@ class Server:
                 paths.places()
             except Exception:
                 pass  # the command reports a bad paths file itself
-            base = pool.Baseline(self.pool_settings.maxmem_kb)
+            waiter = pool.Waiter(lsock, chan)
+            base = pool.Baseline(settings.maxmem_kb)
+            pid = os.getpid()
+            uses = 0
             while True:
-                got = pool.receive(chan)
-                if got is None:
+                # a new worker waits for the client it was forked for
+                client, listener = waiter.wait(settings.idle if uses else max(settings.idle, 1.0))
+                if not client:
+                    break  # idle too long, or the listener closed our channel
+                try:
+                    conn, peer = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue  # another worker was quicker
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        self.warn(f"tcpserver: warning: unable to accept: {exc.strerror}")
+                        time.sleep(0.1)
+                        continue
                     break
-                header, conn = got
-                ip16, rport, ipcount, active = pool.HEADER.unpack(header)
-                self.children = dict.fromkeys(range(-2, -1 - active, -1), b"")
+                ip16, rport = self.peer_of(peer)
+                table.set(slot, pool.BUSY, ip16)
+                if not table.count(pool.IDLE):
+                    pool.need(chan)
+                ipcount = table.clients(ip16, besides=slot)
+                if self.over_perhost(ip16, ipcount):
+                    conn.close()
+                    table.set(slot, pool.IDLE)
+                    continue
                 code, stays = self.session(conn, ip16, rport, ipcount, pooled=True)
                 try:
                     conn.close()
                 except OSError:
                     pass
                 del conn
-                stays = base.restore() and stays
-                pool.answer(chan, code, stays)
-                if not stays:
+                uses += 1
+                stays = base.restore() and stays and uses < settings.maxuse
+                table.set(slot, pool.IDLE)
+                if self.o.verbosity >= 2 and code:
+                    self.warn(f"tcpserver: end {pid} status {code}")
+                self.status("sigchild", pid)
+                if (
+                    not stays
+                    or listener
+                    or not settings.idle
+                    or table.count(pool.IDLE) > settings.maxidle
+                ):
                     break
         except BaseException as exc:
             self.warn(f"tcpserver: warning: pool worker: {type(exc).__name__}: {exc}")
+        table.set(slot, pool.FREE)
         exit_child(0)
 
 
@@ -912,7 +971,8 @@ class Child:
             self.conn.setblocking(True)
         else:
             self.reset_parent_state_of(self.s, self.conn)
-        self.s.children[-1] = self.ip16  # the status lines count this connection
+        if self.s.table is None:
+            self.s.children[-1] = self.ip16  # the status lines count this connection
         if self.s.unix_path:
             self.doit_unix()
         elif self.doit_tcp():

@@ -1,4 +1,5 @@
-"""ucspi/pool.py: settings, and a worker's reset between two sessions."""
+"""ucspi/pool.py: settings, the shared table of sessions, and a worker's
+reset between two sessions."""
 
 from __future__ import annotations
 
@@ -66,6 +67,55 @@ def in_child(body) -> dict:
     os.close(r)
     os.waitpid(pid, 0)
     return json.loads(data)
+
+
+V4 = bytes(10) + b"\xff\xff"
+
+
+def test_table_counts_busy_slots_per_client_in_every_process() -> None:
+    """What -C and the status lines count: busy slots, by client address,
+    as a forked worker wrote them (the mapping is shared, not copied)."""
+    t = pool.Table(8)
+    a, b = V4 + bytes([127, 0, 0, 1]), V4 + bytes([127, 0, 0, 2])
+    w1, w2, child = t.claim(pool.IDLE), t.claim(pool.IDLE), t.claim(pool.BUSY, a)
+    assert (w1, w2, child, t.high()) == (0, 1, 2, 3)
+    pid = os.fork()
+    if pid == 0:  # a worker marks its own slot
+        t.set(w1, pool.BUSY, a)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert t.is_busy(w1) and not t.is_busy(w2)
+    assert t.count(pool.BUSY) == 2 and t.count(pool.IDLE) == 1
+    assert t.clients(a) == 2 and t.clients(a, besides=w1) == 1 and t.clients(b) == 0
+    assert sorted(t.busy()) == [(w1, a), (child, a)]
+    t.release(child)  # reaped: the slot is free and the top shrinks
+    assert t.high() == 2 and t.clients(a) == 1
+    assert t.claim(pool.BUSY, b) == 2  # the lowest free slot again
+
+
+def test_table_matches_whole_slots_only() -> None:
+    """Bytes that look like a busy client across two slots are no client."""
+    t = pool.Table(4)
+    tail = bytes(range(1, 16))
+    t.claim(pool.BUSY, bytes(15) + bytes([pool.BUSY]))
+    t.claim(pool.BUSY, tail + b"\x09")
+    # state + address of this one appear from the last byte of slot 0 on
+    straddling = bytes([pool.BUSY]) + tail
+    assert bytes([pool.BUSY]) + straddling in t.mm[:]
+    assert t.clients(straddling) == 0
+    assert t.clients(tail + b"\x09") == 1
+
+
+def test_table_full_and_free_again() -> None:
+    t = pool.Table(2)
+    assert t.claim(pool.IDLE) == 0 and t.claim(pool.IDLE) == 1
+    assert t.claim(pool.IDLE) is None  # every slot handed out
+    t.release(0)
+    assert t.high() == 2  # slot 1 is still in use
+    assert t.claim(pool.BUSY, V4 + bytes(4)) == 0
+    t.release(1)
+    t.release(0)
+    assert (t.high(), t.count(pool.BUSY), t.count(pool.IDLE)) == (0, 0, 0)
 
 
 def test_restore_puts_back_what_a_session_changed(tmp_path) -> None:
