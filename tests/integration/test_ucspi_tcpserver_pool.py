@@ -281,3 +281,33 @@ def test_worker_killed_in_a_session_is_logged_and_its_place_freed(
         again = greeted(svc.port)  # -C 1: its place counts no more
         assert again is not None
         again.close()
+
+
+def test_lowering_the_limit_ends_the_workers_beyond_it(instance: Instance, tmp_path: Path) -> None:
+    """-c FILE re-read on SIGHUP: idle workers beyond the new limit end, and
+    the pool serves no more clients at once than the file now says."""
+    limit = tmp_path / "concurrency"
+    limit.write_text("3\n")
+    env = {"TCPSERVER_POOL_IDLE": "60"}  # only the lower limit may end them
+    svc = SmtpService(instance, tmp_path, rules=RULES, env=env, limit=limit, maxperip=3)  # type: ignore[arg-type]
+    with svc:
+        held = [greeted(svc.port) for _ in range(3)]
+        assert all(held)
+        workers = serving_pids(svc, 3)
+        for s in held:
+            s.close()
+        wait_for(svc, "tcpserver: status: 0/3 sigchild")
+        limit.write_text("1\n")
+        os.kill(svc.proc.pid, signal.SIGHUP)
+        wait_for(svc, "tcpserver: sighup: 0/1\n")
+        assert sum(gone(pid, timeout=5) for pid in workers) == 2  # one stays
+        first = greeted(svc.port)
+        assert first is not None
+        second = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+        second.settimeout(0.7)
+        with pytest.raises(TimeoutError):
+            second.recv(10)  # -c 1: waits for the first session to end
+        first.close()
+        second.settimeout(10)
+        assert second.recv(4) == b"220 "
+        second.close()
