@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -350,3 +352,148 @@ def test_submit_without_wake_leaves_the_poke_to_the_caller(instance, monkeypatch
     finally:
         monkeypatch.delenv("INDIMAIL_PATHS")
         paths.reload()
+
+
+# -- sharing the todo directory's fsync (lock/todosync) ---------------------------------
+
+
+def _boot_id() -> bytes:
+    with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        return f.read(36)
+
+
+def _record(queue: Path, part: int = 0) -> tuple[bytes, int]:
+    data = (queue / "lock" / "todosync").read_bytes()[part * 64 : part * 64 + 44]
+    return data[:36], int.from_bytes(data[36:44], "little")
+
+
+def _write_record(queue: Path, boot: bytes, began: int, part: int = 0) -> None:
+    with open(queue / "lock" / "todosync", "r+b") as f:
+        f.seek(part * 64)
+        f.write(boot + began.to_bytes(8, "little"))
+
+
+needs_boot_id = pytest.mark.skipif(
+    not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="needs Linux's boot id"
+)
+
+
+@needs_boot_id
+def test_todo_fsync_is_recorded_for_the_next_writer(instance, monkeypatch):
+    from indimail.queue.qmail_queue import Envelope, enqueue
+
+    q = instance.queue(1)
+    assert stat.S_IMODE((q / "lock" / "todosync").stat().st_mode) == 0o644  # queue-fix made it
+    seen = fsync_spy(monkeypatch)
+    before = time.monotonic_ns()
+    enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    boot, began = _record(q)
+    assert boot == _boot_id() and before < began < time.monotonic_ns()
+    assert seen[-1] == os.stat(q / "todo").st_ino  # and it did sync todo/
+
+
+@needs_boot_id
+@pytest.mark.parametrize(
+    ("whose", "synced"),
+    [("later fsync, this boot", False), ("older fsync", True), ("another boot", True)],
+)
+def test_todo_fsync_is_skipped_only_after_one_that_began_later(
+    instance, monkeypatch, whose, synced
+):
+    """Our entry is durable without a flush of our own only if an fsync of
+    todo/ began after our link; a time from another boot proves nothing."""
+    from indimail.queue.qmail_queue import Envelope, enqueue
+
+    q = instance.queue(1)
+    far = time.monotonic_ns() + 3600 * 10**9
+    boot = b"0" * 36 if whose == "another boot" else _boot_id()
+    _write_record(q, boot, 1 if whose == "older fsync" else far)
+    seen = fsync_spy(monkeypatch)
+    inode = enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    assert seen[:2] == [inode, os.stat(q / "intd" / str(inode)).st_ino]  # always
+    assert (os.stat(q / "todo").st_ino in seen) is synced
+    assert (q / "todo" / str(inode)).read_bytes().endswith(b"Fa@x.test\0Tb@y.test\0")
+    if synced:
+        assert _record(q)[0] == _boot_id() and _record(q)[1] < far
+
+
+@needs_boot_id
+def test_a_writer_syncing_todo_after_our_link_spares_our_flush(instance, monkeypatch):
+    """Two writers for real: another process holds the todo record's lock
+    (it is syncing todo/), sees our entry arrive, syncs todo/ and records
+    it.  Our enqueue waits for the lock, finds that fsync began after its
+    link, and returns without one of its own."""
+    from indimail.queue.qmail_queue import Envelope, enqueue
+
+    q = instance.queue(1)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other writer
+        code = 1
+        try:
+            fd = os.open(q / "lock" / "todosync", os.O_RDWR)
+            fcntl.lockf(fd, fcntl.LOCK_EX, 64, 0, os.SEEK_SET)
+            os.write(ready_w, b"x")
+            deadline = time.monotonic() + 20
+            while not os.listdir(q / "todo") and time.monotonic() < deadline:
+                time.sleep(0.005)
+            began = time.monotonic_ns()
+            dfd = os.open(q / "todo", os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+            os.pwrite(fd, _boot_id() + began.to_bytes(8, "little"), 0)
+            os.close(fd)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"
+    os.close(ready_r)
+    seen = fsync_spy(monkeypatch)
+    inode = enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert seen == [inode, os.stat(q / "intd" / str(inode)).st_ino]  # no todo/ fsync of ours
+    assert (q / "todo" / str(inode)).exists()
+
+
+@needs_boot_id
+def test_each_todo_part_has_its_own_record(instance, tmp_path, monkeypatch):
+    """With BIGTODO, todo/ is split: an fsync of one part says nothing of
+    another, so each part keeps its own record (64 bytes apart)."""
+    from indimail.queue.layout import Layout
+    from indimail.queue.qmail_queue import Envelope, enqueue
+
+    q = tmp_path / "bigq"
+    res = instance.run("queue-fix", "-s", "23", "-b", "1", str(q))
+    assert res.returncode == 0, res.stderr
+    seen = fsync_spy(monkeypatch)
+    layout = Layout(root=q, split=23, bigtodo=True)
+    inode = enqueue(layout, MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    part = inode % 23
+    assert seen[-1] == os.stat(q / "todo" / str(part)).st_ino
+    assert _record(q, part)[0] == _boot_id()
+    others = [_record(q, p) for p in range(23) if p != part]
+    assert all(boot != _boot_id() for boot, _ in others)
+    # a recent fsync of one part spares only writers to that part
+    shared = (part + 1) % 23
+    _write_record(q, _boot_id(), time.monotonic_ns() + 3600 * 10**9, shared)
+    seen.clear()
+    again = enqueue(layout, MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    todo_parts = {os.stat(q / "todo" / str(p)).st_ino for p in range(23)}
+    if again % 23 == shared:
+        assert not todo_parts & set(seen)
+    else:
+        assert seen[-1] == os.stat(q / "todo" / str(again % 23)).st_ino
+
+
+def test_without_lock_todosync_todo_is_synced_as_always(instance, monkeypatch):
+    """A queue made by another tool has no lock/todosync: nothing shared."""
+    from indimail.queue.qmail_queue import Envelope, enqueue
+
+    q = instance.queue(1)
+    (q / "lock" / "todosync").unlink()
+    seen = fsync_spy(monkeypatch)
+    enqueue(queue1_layout(instance), MESSAGE, Envelope(b"a@x.test", (b"b@y.test",)))
+    assert seen[-1] == os.stat(q / "todo").st_ino
+    assert not (q / "lock" / "todosync").exists()
