@@ -35,9 +35,6 @@ SENDMUTEX_MODE = 0o600
 TCPTO_MODE = 0o644
 TCPTO_SIZE = 2048
 TRIGGER_MODE = 0o622
-# lock/todosync: when the last fsync of each todo directory began, so that
-# concurrent writers share it (qmail_queue._commit_todo); made by queue-fix
-TODO_SYNC = "todosync"
 
 
 class Layout(Record):

@@ -40,7 +40,7 @@ from indimail.core.dates import date822fmt
 from indimail.core.errors import Fatal
 from indimail.core.record import Record
 from indimail.queue import codes
-from indimail.queue.layout import TODO_SYNC, Layout, fsync_dir
+from indimail.queue.layout import Layout, fsync_dir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~10 ms)
 if TYPE_CHECKING:
@@ -377,9 +377,7 @@ def enqueue(
             ) from None
         messfn = intdfn = None  # committed: never clean up from here on
         # 7. make the todo entry durable, then wake the processor.
-        _commit_todo(
-            prefix, os.path.dirname(todofn), inode % layout.split if layout.is_split("todo") else 0
-        )
+        _sync_dir(os.path.dirname(todofn))
         if wake:
             poke_trigger(trigger_path(root))
         return inode
@@ -536,61 +534,6 @@ def _internal_envelope(uid: int, pid: int, env: Envelope, qqeh: str | None) -> b
             text += b"\n"
         out += b"e" + text + b"\0"
     return bytes(out)
-
-
-_RECORD = 64  # bytes per todo directory in it: boot id (36) + start of its last fsync (8)
-_BOOT_ID = "/proc/sys/kernel/random/boot_id"
-_boot: list[bytes] = []  # this boot's id, read once per process
-
-
-def _boot_id() -> bytes:
-    if not _boot:
-        try:
-            with open(_BOOT_ID, "rb") as f:
-                _boot.append(f.read(36))
-        except OSError:
-            _boot.append(b"")
-    return _boot[0]
-
-
-def _commit_todo(prefix: str, directory: str, part: int) -> None:
-    """fsync the todo directory (part ``part``) after our link into it -
-    unless another writer's fsync of it began after that link was made:
-    then it carried our entry to the disk too (group commit).
-
-    ``lock/todosync`` keeps, per todo directory, when the last fsync of it
-    began (CLOCK_MONOTONIC, with the boot id, as a clock from an earlier
-    boot proves nothing).  Writers take turns under a POSIX record lock on
-    that directory's record: while one syncs, the others queue, and those
-    whose links are older than its start need no flush of their own.
-    Without the file, the boot id or the lock, we fsync as always."""
-    linked = time.monotonic_ns()
-    boot = _boot_id()
-    if len(boot) != 36:
-        _sync_dir(directory)
-        return
-    try:
-        fd = os.open(prefix + "lock/" + TODO_SYNC, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        _sync_dir(directory)
-        return
-    try:
-        offset = part * _RECORD
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX, _RECORD, offset, os.SEEK_SET)
-            record = os.pread(fd, 44, offset)
-        except OSError:
-            record = b""
-        if record[:36] == boot and int.from_bytes(record[36:44], "little") > linked:
-            return  # an fsync that began after our link has ended
-        began = time.monotonic_ns()
-        _sync_dir(directory)
-        try:
-            os.pwrite(fd, boot + began.to_bytes(8, "little"), offset)
-        except OSError:
-            pass
-    finally:
-        os.close(fd)  # drops the record lock
 
 
 def _sync_dir(directory: str) -> None:

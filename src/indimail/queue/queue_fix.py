@@ -34,7 +34,6 @@ from indimail.queue.layout import (
     SENDMUTEX_MODE,
     TCPTO_MODE,
     TCPTO_SIZE,
-    TODO_SYNC,
     TRIGGER_MODE,
     Layout,
     spread_subdirs,
@@ -240,7 +239,6 @@ class Fixer:
         self.check_file(lock / "tcpto", ids.qmailr, gid, TCPTO_MODE, "z", self.tcpto_size)
         self.check_file(lock / "trigger", ids.qmails, gid, TRIGGER_MODE, "p")
         self.check_file(lock / ENQUEUE_LOCK, ids.qmailq, gid, 0o644, "z")
-        self.check_file(lock / TODO_SYNC, ids.qmailq, gid, 0o644, "z")
 
     def fix_names(self) -> None:
         """Rename mess files (and companions) whose name is not their inode."""
