@@ -19,18 +19,24 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+
+from indimail.core.record import Record
 
 SHELLS = ("#!/bin/sh", "#!/bin/bash", "#!/usr/bin/sh", "#!/usr/bin/bash")
 _META = set("$`;|&<>(){}")
 _GLOB = set("*?[~\\")
 
 
-@dataclass
-class LogRun:
-    user: str | None
-    script: list[str]
-    stderr_to_stdout: bool
+class LogRun(Record):
+    """A log/run script that svscan can run in-process."""
+
+    _fields = ("user", "script", "stderr_to_stdout")
+    __slots__ = _fields
+
+    def __init__(self, user: str | None, script: list[str], stderr_to_stdout: bool) -> None:
+        self._set("user", user)
+        self._set("script", script)
+        self._set("stderr_to_stdout", stderr_to_stdout)
 
 
 def _plain(line: str) -> bool:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 
 from indimail.core import tai64n
+from indimail.core.record import Record
 
 CLASSIC_SIZE = 18
 FORK_SIZE = 21
@@ -33,19 +33,28 @@ SIZE = 25
 _SHORT = struct.Struct("=h")
 
 
-@dataclass
-class Status:
+class Status(Record):
     """Decoded status file."""
 
-    seconds: int  # unix time of the last change
-    nanos: int
-    pid: int  # service pid (0 = down); for a fork file, supervise pid when down
-    paused: bool
-    want: str  # "u", "d" or ""
-    wait: int = 0  # wait interval (fork/ours only)
-    up: bool = False
-    spid: int = 0  # supervising pid when known (fork file down, or ours)
-    size: int = SIZE
+    _fields = ("seconds", "nanos", "pid", "paused", "want", "wait", "up", "spid", "size")
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        seconds: int,  # unix time of the last change
+        nanos: int,
+        pid: int,  # service pid (0 = down); for a fork file, supervise pid when down
+        paused: bool,
+        want: str,  # "u", "d" or ""
+        wait: int = 0,  # wait interval (fork/ours only)
+        up: bool = False,
+        spid: int = 0,  # supervising pid when known (fork file down, or ours)
+        size: int = SIZE,
+    ) -> None:
+        for name, value in zip(
+            self._fields, (seconds, nanos, pid, paused, want, wait, up, spid, size), strict=True
+        ):
+            self._set(name, value)
 
 
 def encode(

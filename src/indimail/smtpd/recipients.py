@@ -37,11 +37,11 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from indimail.core import cdb, control
 from indimail.core.fdpass import payload_pipe
+from indimail.core.record import Record
 
 NOT_FOUND = 0
 FOUND_CDB = 1
@@ -57,15 +57,18 @@ class RecipientsTrouble(Exception):
     """The lookup could not be done (reply 451, log the reason)."""
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(Record):
     """One line of ``recipients``."""
 
-    line: str
-    kind: str  # "skip", "passthru", "cdb", "pavm"
-    domain: str | None  # None = every domain ("*" or a legacy line)
-    exact: bool  # "@domain": that domain only; else also its subdomains
-    target: str  # cdb path or PAVM command line
+    _fields = ("line", "kind", "domain", "exact", "target")
+    __slots__ = _fields
+
+    def __init__(self, line: str, kind: str, domain: str | None, exact: bool, target: str):
+        self._set("line", line)
+        self._set("kind", kind)  # "skip", "passthru", "cdb", "pavm"
+        self._set("domain", domain)  # None = every domain ("*" or a legacy line)
+        self._set("exact", exact)  # "@domain": that domain only; else also its subdomains
+        self._set("target", target)  # cdb path or PAVM command line
 
     def applies(self, domain: str) -> bool:
         if self.domain is None:

@@ -35,15 +35,26 @@ import os
 import socket
 import ssl
 import stat
-from dataclasses import dataclass
 
 
-@dataclass
 class Connection:
-    sock: socket.socket | None  # the TCP (or UNIX) socket of the client, None if relayed
-    tls: ssl.SSLSocket | None = None  # the TLS session, once there is one
-    tls_info: str | None = None  # "TLS Server=..., Client=..., Ciphers=..., bits=N"
-    relayed: bool = False  # fds 0/1 are a relay to a TLS session kept by tcpserver
+    """The client connection as tcpserver hands it over.  (A plain class,
+    not a dataclass: ``dataclasses`` brings ``inspect`` and ``ast``, ~1.3 MB
+    in every long-running process that imports it.)"""
+
+    __slots__ = ("relayed", "sock", "tls", "tls_info")
+
+    def __init__(
+        self,
+        sock: socket.socket | None,  # the TCP (or UNIX) socket of the client, None if relayed
+        tls: ssl.SSLSocket | None = None,  # the TLS session, once there is one
+        tls_info: str | None = None,  # "TLS Server=..., Client=..., Ciphers=..., bits=N"
+        relayed: bool = False,  # fds 0/1 are a relay to a TLS session kept by tcpserver
+    ) -> None:
+        self.sock = sock
+        self.tls = tls
+        self.tls_info = tls_info
+        self.relayed = relayed
 
     def start_tls(self, ctx: ssl.SSLContext, timeout: float | None = 60.0) -> ssl.SSLSocket:
         """Server-side TLS handshake on the plain connection (STARTTLS)."""

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from indimail.core.cdb import Reader
+from indimail.core.record import Record
 from indimail.ucspi import addr
 
 MAX_RANGE_KEYS = 256
@@ -42,14 +42,23 @@ class RuleSyntaxError(ValueError):
     """A rule line the compiler cannot parse."""
 
 
-@dataclass
-class Decision:
+class Decision(Record):
     """What the rules say for one connection."""
 
-    key: bytes | None  # the rule's key; None = no rule matched (default allow)
-    deny: bool = False
-    env: list[tuple[str, str | None]] = field(default_factory=list)  # None = unset
-    data: bytes = b""  # the cdb value as stored
+    _fields = ("key", "deny", "env", "data")
+    __slots__ = _fields
+
+    def __init__(
+        self,
+        key: bytes | None,  # the rule's key; None = no rule matched (default allow)
+        deny: bool = False,
+        env: list[tuple[str, str | None]] | None = None,  # None as a value = unset
+        data: bytes = b"",  # the cdb value as stored
+    ) -> None:
+        self._set("key", key)
+        self._set("deny", deny)
+        self._set("env", [] if env is None else env)
+        self._set("data", data)
 
     @property
     def allow(self) -> bool:

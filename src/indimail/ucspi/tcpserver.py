@@ -44,7 +44,6 @@ import ssl
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
 
 from indimail.core import control
 from indimail.core.errors import EXIT_TEMP, Fatal, UsageError, exit_child
@@ -63,8 +62,11 @@ RELAY_BUFFER = 1 << 16
 ACCEPT_BURST = 64
 
 
-@dataclass
 class Options:
+    """The command line's settings; the class attributes are the defaults
+    (a plain class: ``dataclasses`` would bring ``inspect`` and ``ast``
+    into the listener, ~1.3 MB it keeps for good)."""
+
     verbosity: int = 1
     killopts: bool = True
     delay: bool = True
@@ -85,7 +87,7 @@ class Options:
     user: str | None = None
     uid: int | None = None
     gid: int | None = None
-    groups: list[str] = field(default_factory=list)
+    groups: list[str]  # set in __init__: a list of its own per instance
     print_port: bool = False
     localhost: str | None = None
     noipv6: bool = False
@@ -100,6 +102,9 @@ class Options:
     certdir: str | None = None
     provide_data: bool = False
     renegotiation: bool = False
+
+    def __init__(self) -> None:
+        self.groups = []
 
 
 def _num(value: str, what: str) -> int:

@@ -80,3 +80,21 @@ def test_a_whole_injection_stays_light(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.decode().split() == ["0", "[]"], res.stdout + res.stderr
     assert len(inst.files("todo")) == 1
+
+
+def test_resident_processes_keep_dataclasses_out():
+    """tcpserver's listener (qmail-smtpd warmed in it) and svscan with its
+    in-process loggers stay for as long as the system runs: dataclasses
+    would bring inspect, ast, dis and tokenize into each, ~1.3 MB of the
+    idle system's memory apiece (docs/performance.md, session 17)."""
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = {sys.path!r}\n"
+        "from indimail.ucspi import inproc, tcpserver\n"
+        "inproc.warm(['qmail-smtpd'])\n"
+        "import indimail.daemontools.svscan, indimail.daemontools.multilog\n"
+        "print(sorted({'dataclasses', 'inspect', 'ast'} & set(sys.modules)))\n"
+    )
+    res = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().strip() == "[]"
