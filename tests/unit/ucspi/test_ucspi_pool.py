@@ -287,3 +287,34 @@ def test_which_chains_the_pool_may_run(tmp_path) -> None:
     assert not _poolable_chain([rbl, "-Z", smtpd])  # bad option
     assert not _poolable_chain([check, "x.cdb"])  # ours, not poolable
     assert not _poolable_chain([])
+
+
+@pytest.mark.parametrize("exclusive", [True, False], ids=["epoll-exclusive", "selectors"])
+def test_waiter_sees_a_client_the_listener_and_the_idle_timeout(monkeypatch, exclusive) -> None:
+    """What a worker waits for: a client on the shared socket, EOF from
+    the listener, or nothing for its idle time.  Without EPOLLEXCLUSIVE
+    (not Linux) it waits the same way through selectors."""
+    import select
+    import socket
+    import time
+
+    if exclusive and not hasattr(select, "EPOLLEXCLUSIVE"):
+        pytest.skip("no EPOLLEXCLUSIVE on this system")
+    if not exclusive:
+        monkeypatch.delattr(select, "EPOLLEXCLUSIVE", raising=False)
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.setblocking(False)
+    mine, theirs = socket.socketpair()
+    w = pool.Waiter(lsock, theirs)
+    assert (w.ep is not None) is exclusive
+    t0 = time.monotonic()
+    assert w.wait(0.2) == (False, False)  # idle: nothing within the time
+    assert time.monotonic() - t0 >= 0.15
+    client = socket.create_connection(lsock.getsockname())
+    assert w.wait(5) == (True, False)
+    conn, _ = lsock.accept()
+    assert w.wait(0.1) == (False, False)  # taken: nothing waits any more
+    mine.close()  # the listener went away
+    assert w.wait(5) == (False, True)
+    for s in (conn, client, lsock, theirs):
+        s.close()
