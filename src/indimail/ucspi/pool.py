@@ -285,18 +285,14 @@ class Waiter:
 
     def wait(self, timeout: float) -> tuple[bool, bool]:
         """(a client is waiting, the listener spoke or went away); both
-        False after ``timeout`` seconds (0: no limit) with nothing."""
-        t = timeout if timeout > 0 else None
-        while True:
-            try:
-                if self.ep is not None:
-                    fds = [fd for fd, _ in self.ep.poll(-1 if t is None else t)]
-                else:
-                    assert self.sel is not None
-                    fds = [key.fd for key, _ in self.sel.select(t)]
-                return self.lfd in fds, self.cfd in fds
-            except InterruptedError:  # pragma: no cover - PEP 475 retries
-                continue
+        False after ``timeout`` seconds (> 0) with nothing.  A signal does
+        not end the wait early (PEP 475 retries the call)."""
+        if self.ep is not None:
+            fds = [fd for fd, _ in self.ep.poll(timeout)]
+        else:
+            assert self.sel is not None
+            fds = [key.fd for key, _ in self.sel.select(timeout)]
+        return self.lfd in fds, self.cfd in fds
 
 
 def need(chan: socket.socket) -> None:

@@ -403,7 +403,6 @@ class Server:
         self.pool: pool.Pool | None = None
         self.pool_settings = pool.Settings({})
         self.pool_wanted = False
-        self.table: pool.Table | None = None  # with the pool: who serves whom
         self.child_slots: dict[int, int] = {}  # forked child's pid -> its table slot
 
     # logging
@@ -431,6 +430,11 @@ class Server:
         if tls is not None:
             line += ", " + tls
         self.warn(line)
+
+    @property
+    def table(self) -> pool.Table | None:
+        """With the pool: who serves whom (shared with every fork)."""
+        return self.pool.table if self.pool is not None else None
 
     def active(self) -> int:
         """Sessions being served (the status lines' count)."""
@@ -621,11 +625,11 @@ class Server:
 
     def sessions(self) -> list[tuple[int, bytes]]:
         """(pid, client address) of every session being served."""
-        if self.table is None or self.pool is None:
+        if self.pool is None:
             return list(self.children.items())
         holder = {w.slot: w.pid for w in self.pool.workers.values()}
         holder.update((slot, pid) for pid, slot in self.child_slots.items())
-        return [(holder[slot], ip16) for slot, ip16 in self.table.busy() if slot in holder]
+        return [(holder[slot], ip16) for slot, ip16 in self.pool.table.busy() if slot in holder]
 
     def reap(self) -> None:
         while self.children or self.pool is not None:  # retired workers too
@@ -638,25 +642,32 @@ class Server:
             if pid == 0:
                 return
             serving = False  # a worker that ended in a session
-            if self.pool is not None and self.table is not None:
+            if self.pool is not None:
                 w = self.pool.workers.get(pid)
                 if w is not None:
-                    serving = self.table.is_busy(w.slot)
+                    serving = self.pool.table.is_busy(w.slot)
                     self.pool.forget(pid)
                     if not serving:
                         continue  # it retired (and logged its sessions itself)
                 slot = self.child_slots.pop(pid, None)
                 if slot is not None:
-                    self.table.release(slot)
+                    self.pool.table.release(slot)
             if pid not in self.children and not serving:
                 continue
-            if self.o.verbosity >= 2:
-                if os.WIFSIGNALED(wstat):
-                    self.warn(f"tcpserver: end {pid} killed by signal {os.WTERMSIG(wstat)}")
-                elif os.WIFEXITED(wstat) and os.WEXITSTATUS(wstat):
-                    self.warn(f"tcpserver: end {pid} status {os.WEXITSTATUS(wstat)}")
             self.children.pop(pid, None)
-            self.status("sigchild", pid)
+            if os.WIFSIGNALED(wstat):
+                self.log_end(pid, f"killed by signal {os.WTERMSIG(wstat)}")
+            else:
+                self.log_end(pid, os.WEXITSTATUS(wstat) if os.WIFEXITED(wstat) else 0)
+
+    def log_end(self, pid: int, how: int | str) -> None:
+        """The lines of a session that ended (a forked child's, or a pooled
+        worker's own): ``end PID status N`` when not 0, or how it was
+        killed, then the status line with the sessions left."""
+        if how and self.o.verbosity >= 2:
+            detail = how if isinstance(how, str) else f"status {how}"
+            self.warn(f"tcpserver: end {pid} {detail}")
+        self.status("sigchild", pid)
 
     def ip_text(self, ip16: bytes) -> str:
         o = self.o
@@ -685,8 +696,8 @@ class Server:
             self.pool_settings = pool.Settings(os.environ)
             if self.pool_settings.enabled:
                 # a slot for every place -c allows now, and room to raise it
-                self.table = pool.Table(max(4 * o.limit, pool.DEFAULT_MAX, 1024))
-                self.pool = pool.Pool(self.pool_settings, sel, self.table)
+                table = pool.Table(max(4 * o.limit, pool.DEFAULT_MAX, 1024))
+                self.pool = pool.Pool(self.pool_settings, sel, table)
         listening = False
         self.status("startup", os.getpid())
         while True:
@@ -764,12 +775,13 @@ class Server:
         if self.over_perhost(ip16, ipcount):
             conn.close()
             return
-        slot = self.table.claim(pool.BUSY, ip16) if self.table is not None else None
+        table = self.table
+        slot = table.claim(pool.BUSY, ip16) if table is not None else None
         try:
             pid = os.fork()
         except OSError as exc:
-            if slot is not None and self.table is not None:
-                self.table.release(slot)
+            if slot is not None and table is not None:
+                table.release(slot)
             self.warn(f"{DROP}unable to fork: {exc.strerror}")
             conn.close()
             self.status("Failure", os.getpid())
@@ -856,9 +868,7 @@ class Server:
                 uses += 1
                 stays = base.restore() and stays and uses < settings.maxuse
                 table.set(slot, pool.IDLE)
-                if self.o.verbosity >= 2 and code:
-                    self.warn(f"tcpserver: end {pid} status {code}")
-                self.status("sigchild", pid)
+                self.log_end(pid, code)
                 if (
                     not stays
                     or listener
