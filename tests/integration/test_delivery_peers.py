@@ -54,6 +54,8 @@ DEFAULT_REPLIES = {
     "body": "",  # CLOSE: drop the connection after the first line of the body
     "end": "250 ok queued",
     "quit": "221 bye",
+    "again": "",  # CLOSE: drop the connection at a second MAIL in one session
+    "after": "",  # CLOSE: hang up right after the reply to the message
 }
 
 
@@ -63,6 +65,7 @@ class Session:
     start: float
     commands: list[str] = field(default_factory=list)
     message: bytes | None = None  # LF line ends, dot-stuffing undone
+    received: list[bytes] = field(default_factory=list)  # every whole message, in order
     closed_by_peer: bool = False
 
 
@@ -168,6 +171,8 @@ class SmtpPeer:
                 if verb in ("EHLO", "HELO"):
                     say("ehlo")
                 elif verb == "MAIL":
+                    if replies["again"] == CLOSE and "<MESSAGE>" in s.commands:
+                        raise _Drop()
                     say("mail")
                 elif verb == "RCPT":
                     say("rcpt")
@@ -190,8 +195,12 @@ class SmtpPeer:
                             break
                         body += line[1:] if line.startswith(b".") else line
                     s.message = bytes(body).replace(b"\r\n", b"\n")
+                    s.received.append(s.message)
                     s.commands.append("<MESSAGE>")
                     say("end")
+                    if replies["after"] == CLOSE:
+                        s.commands.append("<HANGUP>")
+                        return
                 elif verb == "QUIT":
                     say("quit")
                     return

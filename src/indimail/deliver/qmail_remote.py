@@ -21,6 +21,12 @@ the records (flushed after each), ``environ`` the environment to use
 (default ``os.environ``; never modified).  It never raises for anything a
 remote host, DNS or a control file does: every outcome is a record.
 
+A delivery worker (qmail-rspawn) passes a :class:`ConnCache` as ``cache``:
+after a delivery the connection stays open, without QUIT, for the next
+message to the same host through the same address, name and route, for
+``SMTP_REUSE`` seconds (default 2; 0: one connection per message, as the
+original).  The standalone command never keeps one.
+
 Routing: SMTPROUTE / X-SMTPROUTES environment, else control ``smtproutes``
 (``SMTPROUTESFILE``), plus ``moresmtproutes.cdb``; else the MX hosts of the
 recipient host, else its A/AAAA.  See docs/remote-delivery.md.
@@ -34,6 +40,7 @@ import hashlib
 import hmac
 import mmap
 import os
+import select
 import socket
 import ssl
 import stat
@@ -169,6 +176,104 @@ def _has_utf8_received(msg: bytes | mmap.mmap) -> bool:
     )
 
 
+class _Stale(Exception):
+    """A kept connection died before its first reply: nothing was reported
+    yet, so the caller connects afresh."""
+
+
+REUSE_IDLE = 2.0  # seconds a kept connection waits for the next message
+REUSE_AGE = 300.0  # seconds a connection is used for at most
+REUSE_COUNT = 100  # messages one connection carries at most
+
+
+class Kept:
+    """A connection kept open after a delivery, with what the session
+    learnt (the EHLO keywords), for :meth:`Remote.connect_loop` to reuse."""
+
+    __slots__ = ("born", "conn", "ehlokw", "idle_since", "key", "used")
+
+    def __init__(self, key: tuple, conn: Conn, ehlokw: dict[str, str], born: float) -> None:
+        self.key = key
+        self.conn = conn
+        self.ehlokw = ehlokw
+        self.born = born
+        self.idle_since = time.monotonic()
+        self.used = 1
+
+
+class ConnCache:
+    """The one connection a delivery worker keeps between its deliveries.
+
+    Why: a connection per message costs both ends a TCP handshake, the
+    greeting, EHLO and QUIT, and TLS when used; a busy route (a smarthost,
+    a big provider) gets one message after another.  One slot is enough:
+    qmail-rspawn hands a worker the next message for the host it last
+    delivered to when it can.  Created empty in the spawner and used only
+    in a worker (:meth:`enable`), so a one-off child or the command never
+    keeps a connection that would be dropped without QUIT."""
+
+    def __init__(self, idle: float = REUSE_IDLE) -> None:
+        self.idle = idle
+        self.kept: Kept | None = None
+        self.enabled = False
+
+    def enable(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        text = env.get("SMTP_REUSE")
+        if text:
+            try:
+                self.idle = max(0.0, float(text))
+            except ValueError:
+                pass
+        self.enabled = self.idle > 0
+
+    def take(self, key: tuple) -> Kept | None:
+        """The kept connection for ``key`` if it is still good; a dead or
+        expired one is closed."""
+        kept = self.kept
+        if kept is None or kept.key != key:
+            return None
+        self.kept = None
+        now = time.monotonic()
+        if (
+            now - kept.idle_since > self.idle
+            or now - kept.born > REUSE_AGE
+            or kept.used >= REUSE_COUNT
+            or not kept.conn.quiet()
+        ):
+            self._quit(kept)
+            return None
+        kept.used += 1
+        return kept
+
+    def put(self, kept: Kept) -> None:
+        if self.kept is not None:
+            self._quit(self.kept)
+        kept.idle_since = time.monotonic()
+        self.kept = kept
+
+    def due(self) -> float | None:
+        """When the kept connection is to be closed (time.monotonic())."""
+        return None if self.kept is None else self.kept.idle_since + self.idle
+
+    def expire(self) -> None:
+        """Close the kept connection politely (idle, or the worker ends)."""
+        if self.kept is not None:
+            kept, self.kept = self.kept, None
+            self._quit(kept)
+
+    @staticmethod
+    def _quit(kept: Kept) -> None:
+        conn = kept.conn
+        if conn.quiet():  # as after a delivery: QUIT, not waiting for the 221
+            conn.timeout = min(conn.timeout, 5)
+            try:
+                conn.send(b"QUIT\r\n")
+            except _Dropped:
+                pass
+        conn.close()
+
+
 class Conn:
     """A socket (maybe TLS) with a bounded line reader and timeouts."""
 
@@ -210,6 +315,19 @@ class Conn:
                 raise _Dropped()
             self.buf += data
 
+    def quiet(self) -> bool:
+        """Whether the server has said nothing since its last reply: a kept
+        connection it closed (or sent a 421 on) reads as not quiet."""
+        if self.buf:
+            return False
+        pending = getattr(self.sock, "pending", None)
+        if pending is not None and pending():
+            return False
+        try:
+            return not select.select([self.sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -220,8 +338,20 @@ class Conn:
 class Remote:
     """One run of qmail-remote."""
 
-    def __init__(self, argv: list[str], msgfd: int, out: BinaryIO, environ: Mapping[str, str]):
+    def __init__(
+        self,
+        argv: list[str],
+        msgfd: int,
+        out: BinaryIO,
+        environ: Mapping[str, str],
+        cache: ConnCache | None = None,
+    ):
         self.argv = argv
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.key: tuple | None = None  # what a kept connection must match
+        self.born = 0.0  # when the connection in use was opened
+        self.reused = False
+        self.authed = False
         self.msgfd = msgfd
         self.outf = out
         self.env: dict[str, str] = dict(environ)
@@ -285,9 +415,16 @@ class Remote:
         self.out(record)
         self.zerodie(record[:1], succ)
 
-    def quit(self, code: int, die: int, prepend: str, *parts: str | bytes) -> None:
-        """Send QUIT, report ``prepend<ip>parts.`` and the reply text, stop."""
-        if self.conn is not None:
+    def quit(
+        self, code: int, die: int, prepend: str, *parts: str | bytes, keep: bool = False
+    ) -> None:
+        """Send QUIT, report ``prepend<ip>parts.`` and the reply text, stop.
+        With ``keep`` (a delivery done) and a cache, the connection is kept
+        for the next message instead."""
+        if keep and self.cache is not None and self.key is not None and self.conn is not None:
+            self.cache.put(Kept(self.key, self.conn, self.ehlokw, self.born))
+            self.conn = None
+        elif self.conn is not None:
             try:
                 self.conn.send(b"QUIT\r\n")
             except _Dropped:
@@ -669,6 +806,11 @@ class Remote:
 
     def do_smtp(self, fqdn: str | None) -> None:
         """Talk to the connected server; returns only to try the next MX."""
+        self.open_session(fqdn)
+        self.transaction()
+
+    def open_session(self, fqdn: str | None) -> None:
+        """Greeting, EHLO (or HELO), STARTTLS and AUTH: up to the first MAIL."""
         assert self.conn is not None
         helohost = self.helohost.encode("utf-8", "surrogateescape")
         self.inside_greeting = True
@@ -702,7 +844,16 @@ class Remote:
                 "DConnected to " if code >= 500 else "ZConnected to ",
                 f" but my name -->{self.helohost}<-- was rejected :(",
             )
-        kw = self.ehlokw if esmtp else {}
+        if not esmtp:
+            self.ehlokw = {}
+        self.authed = False
+        if self.use_auth is not None and "AUTH" in self.ehlokw and self.user and self.password:
+            self.authed = self.smtp_auth(self.use_auth)
+
+    def transaction(self) -> None:
+        """MAIL, RCPT, DATA and the message, on a session ready for them."""
+        assert self.conn is not None
+        kw = self.ehlokw
         use_size = "SIZE" in kw
         pipelining = "PIPELINING" in kw
         smtputf8 = "SMTPUTF8" in kw
@@ -726,9 +877,7 @@ class Remote:
         self.smtp_sender = sender
         self.smtp_recips = recips
 
-        authed = False
-        if self.use_auth is not None and "AUTH" in kw and self.user and self.password:
-            authed = self.smtp_auth(self.use_auth)
+        authed = self.authed
         mail = b"MAIL FROM:<" + sender + b">"
         if use_size:
             mail += b" SIZE=" + self.size.encode("ascii", "replace")
@@ -740,11 +889,19 @@ class Remote:
             mail += b" SMTPUTF8"
         mail += b"\r\n"
         rcpts = [b"RCPT TO:<" + r + b">\r\n" for r in recips]
-        if pipelining:
-            self.conn.send(mail + b"".join(rcpts))
-        else:
-            self.conn.send(mail)
-        code = self.smtpcode()
+        try:
+            if pipelining:
+                self.conn.send(mail + b"".join(rcpts))
+            else:
+                self.conn.send(mail)
+            code = self.smtpcode()
+        except (_Dropped, _Overlong):
+            if self.reused:
+                raise _Stale() from None
+            raise
+        if self.reused and code == 421:  # it is closing: nothing reported yet
+            raise _Stale()
+        self.reused = False  # from here on a kept connection is like a new one
         if code >= 500:
             self.quit(code, 1, "DConnected to ", " but sender was rejected")
         if code >= 400:
@@ -785,7 +942,7 @@ class Remote:
             if self.conn.tls
             else " accepted message - Protocol SMTP"
         )
-        self.quit(code, 0, "K", proto)
+        self.quit(code, 0, "K", proto, keep=code == 250)
 
     def _ascii_addr(self, addr: bytes) -> bytes | None:
         """``addr`` with an A-label domain; None if the local part is not ASCII."""
@@ -1077,6 +1234,34 @@ class Remote:
             raise
         return s
 
+    def reuse(self, ix: _dns.MxIp) -> None:
+        """Deliver on the connection kept for ``ix``, which ends the run;
+        returns when there is none, or it died before its first answer
+        (nothing was reported then: a new connection takes over)."""
+        self.key = None
+        if self.cache is None or self.use_auth is not None:
+            return
+        self.key = (self.host, ix.ip, self.port, self.outip, self.helohost, self.smtps, self.notls)
+        kept = self.cache.take(self.key)
+        if kept is None:
+            return
+        self.partner = ix
+        self.conn = kept.conn
+        self.conn.timeout = self.timeoutdata
+        self.ehlokw = kept.ehlokw
+        self.born = kept.born
+        self.reused = True
+        try:
+            self.transaction()
+        except _Stale:
+            self.conn.close()
+            self.conn = None
+            self.reused = False
+        except _Dropped:
+            self.dropped()
+        except _Overlong:
+            self.quit(-1, -1, "ZConnected to ", " but the server sent an overlong reply")
+
     def connect_loop(self, ips: list[_dns.MxIp]) -> None:
         tried: list[str] = []
         notls_orig = self.notls
@@ -1086,6 +1271,7 @@ class Remote:
             if self.flagtcpto and self.tcpto and self.tcpto.is_timed_out(ix.ip, self.min_penalty):
                 i += 1
                 continue
+            self.reuse(ix)  # returns only when a new connection is needed
             tried.append(ix.ip)
             connected = False
             failed_errno = 0
@@ -1101,6 +1287,7 @@ class Remote:
                     self.tcpto.record(ix.ip, False, self.max_tolerance)
                 self.partner = ix
                 self.conn = Conn(sock, self.timeoutdata)
+                self.born = time.monotonic()
                 try:
                     self.do_smtp(ix.fqdn)
                 except _RetryPlain:
@@ -1151,10 +1338,15 @@ def _ssl_reason(exc: BaseException) -> str:
 
 
 def run(
-    argv: list[str], msgfd: int, out: BinaryIO, environ: Mapping[str, str] | None = None
+    argv: list[str],
+    msgfd: int,
+    out: BinaryIO,
+    environ: Mapping[str, str] | None = None,
+    cache: ConnCache | None = None,
 ) -> int:
-    """Deliver; write the records to ``out``; return the exit status."""
-    r = Remote(argv, msgfd, out, os.environ if environ is None else environ)
+    """Deliver; write the records to ``out``; return the exit status.
+    ``cache``: a delivery worker's kept connection (see :class:`ConnCache`)."""
+    r = Remote(argv, msgfd, out, os.environ if environ is None else environ, cache)
     r.exitcode = 0
     try:
         r.main()

@@ -71,6 +71,11 @@ ChildFn = Callable[[Request, int], int]  # (request, size of message) -> exit co
 # the process that runs it, so a long-lived worker may run it instead of a
 # fresh fork; with ``worker_key(request)`` (None: the spawner's own account)
 # and ``become(key) -> bool``, workers of one account each (see Spawner).
+# ``affinity(request)``: a worker whose last delivery had the same value is
+# preferred (it may keep something for it, as qmail-remote's connection);
+# ``enter_worker()`` is called once in a new worker, and ``idle_due() ->
+# float | None`` (time.monotonic()) with ``idle()`` let a waiting worker
+# let go of what it kept when the time comes, and when it ends.
 ReportFn = Callable[[int, bytes], bytes]  # (wait status, output) -> K/Z/D text
 
 
@@ -167,6 +172,7 @@ class _Worker:
     idle_since: float = 0.0
     gone: bool = False
     key: object = None  # the account it switched to (None: the spawner's own)
+    affinity: object = None  # what its last delivery went to (see ChildFn)
 
 
 class _Poller:
@@ -281,7 +287,9 @@ class Spawner:
         if reusable is not None and reusable(req):
             key_of = getattr(self.child, "worker_key", None)
             key = key_of(req) if key_of is not None else None
-            if self.start_in_worker(req, messfd, st.st_size, key):
+            affinity_of = getattr(self.child, "affinity", None)
+            affinity = affinity_of(req) if affinity_of is not None else None
+            if self.start_in_worker(req, messfd, st.st_size, key, affinity):
                 return
         r, w = os.pipe()
         pid = os.fork()
@@ -331,7 +339,9 @@ class Spawner:
 
     # -- delivery workers ----------------------------------------------------
 
-    def start_in_worker(self, req: Request, messfd: int, size: int, key: object = None) -> bool:
+    def start_in_worker(
+        self, req: Request, messfd: int, size: int, key: object = None, affinity: object = None
+    ) -> bool:
         """Hand the delivery to an idle worker of account ``key`` (forking
         one if none is idle); False if that cannot be done (the caller forks
         a child)."""
@@ -346,9 +356,10 @@ class Spawner:
             for what in self.sel.select(0):
                 if type(what) is _Worker:
                     self.worker_event(what)
-        worker = self.take_idle(key) or self.new_worker(messfd, key)
+        worker = self.take_idle(key, affinity) or self.new_worker(messfd, key)
         if worker is None:
             return False
+        worker.affinity = affinity
         r, w = os.pipe()
         try:
             socket.send_fds(worker.sock, [job], [messfd, w])
@@ -368,13 +379,21 @@ class Spawner:
         self.sel.register(r, run)
         return True
 
-    def take_idle(self, key: object) -> _Worker | None:
-        """The warmest idle worker of account ``key``.  None if there is
-        none; then, at the cap, the oldest idle worker of another account
-        goes, so that the new one is not retired after a single job."""
+    def take_idle(self, key: object, affinity: object = None) -> _Worker | None:
+        """The warmest idle worker of account ``key``, one whose last
+        delivery had ``affinity`` first.  None if there is none; then, at
+        the cap, the oldest idle worker of another account goes, so that
+        the new one is not retired after a single job."""
+        best = -1
         for i in range(len(self.idle) - 1, -1, -1):
-            if self.idle[i].key == key:
-                return self.idle.pop(i)
+            worker = self.idle[i]
+            if worker.key == key:
+                if affinity is None or worker.affinity == affinity:
+                    return self.idle.pop(i)
+                if best < 0:
+                    best = i
+        if best >= 0:
+            return self.idle.pop(best)
         if self.idle and len(self.workers) >= WORKER_MAX:
             self.retire(self.idle[0])
         return None
@@ -440,9 +459,19 @@ class Spawner:
             become = getattr(self.child, "become", None)
             if become is None or not become(key):
                 exit_child(111)  # the job already sent is deferred, as a failed fork
+        enter = getattr(self.child, "enter_worker", None)
+        if enter is not None:
+            enter()
+        idle_due = getattr(self.child, "idle_due", None)
         jobs = 0
         while True:  # until the spawner closes its end (never on our own:
             # an exit could overtake the answer still in the socket)
+            due = idle_due() if idle_due is not None else None
+            if due is not None:
+                wait = due - time.monotonic()
+                if wait <= 0 or not select.select([sock], [], [], wait)[0]:
+                    self.child.idle()  # type: ignore[attr-defined]
+                    continue
             try:
                 data, fds, _flags, _addr = socket.recv_fds(sock, WORKER_MAX_JOB + 1, 2)
             except InterruptedError:
@@ -450,6 +479,8 @@ class Spawner:
             if not data:
                 for fd in fds:
                     os.close(fd)
+                if idle_due is not None:
+                    self.child.idle()  # type: ignore[attr-defined]
                 return  # the spawner is done with us
             jobs += 1
             if len(fds) != 2:
@@ -834,12 +865,19 @@ def rspawn_child(layout: Layout) -> ChildFn:
             recipient,
         ]
         with open(1, "wb", buffering=0, closefd=False) as out:
-            return qmail_remote.run(args, 0, out, environ)
+            return qmail_remote.run(args, 0, out, environ, cache)
 
     # qmail-rspawn never switches accounts and qmail-remote's run() keeps no
-    # state (it closes its connection and message map itself): every remote
-    # delivery may run in a reused delivery worker
+    # state but the connection it may leave in ``cache`` (closes its message
+    # map itself): every remote delivery may run in a reused delivery worker.
+    # The cache is enabled only in a worker, which closes the connection
+    # when it waits too long or ends; a one-off child keeps nothing.
+    cache = qmail_remote.ConnCache()
     run.reusable = lambda _req: True  # type: ignore[attr-defined]
+    run.affinity = lambda req: req.recipient.rpartition(b"@")[2].lower()  # type: ignore[attr-defined]
+    run.enter_worker = cache.enable  # type: ignore[attr-defined]
+    run.idle_due = cache.due  # type: ignore[attr-defined]
+    run.idle = cache.expire  # type: ignore[attr-defined]
     return run
 
 

@@ -1,0 +1,99 @@
+"""qmail-remote's kept connection (ConnCache): when one is given back, when
+it is closed, and that it says QUIT when it goes."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from indimail.deliver import qmail_remote as qr
+
+KEY = ("peer.test", "127.0.0.1", 25, None, "me.test", False, False)
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(2)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def _cache(pair, idle: float = 2.0) -> tuple[qr.ConnCache, qr.Kept]:
+    cache = qr.ConnCache(idle)
+    cache.enabled = True
+    kept = qr.Kept(KEY, qr.Conn(pair[0], 5), {"PIPELINING": ""}, time.monotonic())
+    cache.put(kept)
+    return cache, kept
+
+
+def test_given_back_for_its_key_only(pair) -> None:
+    cache, kept = _cache(pair)
+    assert cache.take((*KEY[:1], "127.0.0.2", *KEY[2:])) is None
+    assert cache.kept is kept  # still kept for its own route
+    assert cache.take(KEY) is kept and kept.used == 2
+    assert cache.kept is None and cache.due() is None
+
+
+def test_idle_too_long_is_closed_with_quit(pair) -> None:
+    cache, _kept = _cache(pair, idle=0.05)
+    time.sleep(0.1)
+    deadline = cache.due()
+    assert deadline is not None and deadline <= time.monotonic()
+    assert cache.take(KEY) is None
+    assert pair[1].recv(100) == b"QUIT\r\n"
+    assert pair[1].recv(100) == b""  # and closed
+
+
+def test_expire_says_quit(pair) -> None:
+    cache, _kept = _cache(pair)
+    cache.expire()
+    assert cache.kept is None
+    assert pair[1].recv(100) == b"QUIT\r\n"
+    assert pair[1].recv(100) == b""
+
+
+def test_server_hung_up_or_spoke_is_not_reused(pair) -> None:
+    cache, _kept = _cache(pair)
+    pair[1].sendall(b"421 idle timeout\r\n")
+    assert cache.take(KEY) is None
+    try:  # closed without a QUIT: the server spoke first
+        assert pair[1].recv(100) == b""
+    except ConnectionResetError:
+        pass
+
+
+def test_use_count_and_age_limits(pair) -> None:
+    cache, kept = _cache(pair)
+    kept.used = qr.REUSE_COUNT
+    assert cache.take(KEY) is None
+    assert pair[1].recv(100) == b"QUIT\r\n"
+    ours, theirs = socket.socketpair()
+    try:
+        old = qr.Kept(KEY, qr.Conn(ours, 5), {}, time.monotonic() - qr.REUSE_AGE - 1)
+        cache.put(old)
+        assert cache.take(KEY) is None
+        theirs.settimeout(2)
+        assert theirs.recv(100) == b"QUIT\r\n"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled", "idle"),
+    [(None, True, qr.REUSE_IDLE), ("0", False, 0.0), ("7.5", True, 7.5), ("x", True, 2.0)],
+)
+def test_smtp_reuse_variable(value, enabled, idle) -> None:
+    cache = qr.ConnCache()
+    cache.enable({} if value is None else {"SMTP_REUSE": value})
+    assert (cache.enabled, cache.idle) == (enabled, idle)
+
+
+def test_command_run_keeps_nothing_without_an_enabled_cache() -> None:
+    cache = qr.ConnCache()  # as in the spawner and its one-off children
+    r = qr.Remote(["qmail-remote"], 0, None, {}, cache)  # type: ignore[arg-type]
+    assert r.cache is None
