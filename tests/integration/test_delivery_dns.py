@@ -142,7 +142,7 @@ def test_mx_preference_then_next_mx_when_best_is_down(instance, net_factory):
         assert [body_of(m) for m in mx1.messages] == [b"body of first\n"]
         assert mx2.sessions == []
         # the best MX goes away: the same delivery falls through to the next
-        mx1.close_listener()
+        mx1.go_down()
         send(instance, SENDER, "ann@prio.test", message=message("second"))
         d.wait_for(lambda: queue_empty(instance) and len(log_matches(d, "end msg")) == 2)
     finally:

@@ -105,6 +105,7 @@ class SmtpPeer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
 
     def start(self) -> SmtpPeer:
@@ -116,6 +117,16 @@ class SmtpPeer:
         self._stop.set()
         self._acceptor.join(5)
         self.sock.close()
+
+    def go_down(self) -> None:
+        """The server is gone: refuse new connections and drop the open
+        ones (a client may have kept one from an earlier message)."""
+        self.close_listener()
+        for conn in list(self._conns):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         self.close_listener()
@@ -143,6 +154,7 @@ class SmtpPeer:
             with self._lock:
                 s = Session(n=len(self.sessions), start=time.time())
                 self.sessions.append(s)
+            self._conns.append(conn)
             t = threading.Thread(target=self._serve, args=(conn, s), daemon=True)
             self._threads.append(t)
             t.start()

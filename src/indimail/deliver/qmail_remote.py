@@ -286,7 +286,8 @@ class Conn:
 
     def send(self, data: bytes) -> None:
         try:
-            self.sock.settimeout(self.timeout)
+            if self.sock.gettimeout() != self.timeout:  # a system call: only on change
+                self.sock.settimeout(self.timeout)
             self.sock.sendall(data)
         except ssl.SSLError as exc:
             self.ssl_err = exc.reason or str(exc)
@@ -304,7 +305,8 @@ class Conn:
             if len(self.buf) > MAX_REPLY_LINE:
                 raise _Overlong()
             try:
-                self.sock.settimeout(self.timeout)
+                if self.sock.gettimeout() != self.timeout:
+                    self.sock.settimeout(self.timeout)
                 data = self.sock.recv(4096)
             except ssl.SSLError as exc:
                 self.ssl_err = exc.reason or str(exc)
@@ -973,20 +975,26 @@ class Remote:
             self.conn.close()
             self.conn = None
             self.die_text("DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n", 0)
-        if self.qqeh:
-            self.conn.send(self.qqeh.replace(b"\n", b"\r\n"))
+        # One write per chunk, the qqeh with the first and the final dot
+        # with the last: a small write after another waits, with Nagle's
+        # algorithm, for the server's delayed ACK (~40 ms per message).
+        head = self.qqeh.replace(b"\n", b"\r\n") if self.qqeh else b""
         pos = 0
-        while pos < n:
+        while True:
             end = min(pos + CHUNK, n)
-            nl = msg.find(b"\n", end - 1)
+            nl = msg.find(b"\n", end - 1) if end > pos else -1
             end = n if nl < 0 else nl + 1
             chunk = bytes(msg[pos:end])
             if chunk.startswith(b"."):
                 chunk = b"." + chunk
-            self.conn.send(chunk.replace(b"\n.", b"\n..").replace(b"\n", b"\r\n"))
+            data = head + chunk.replace(b"\n.", b"\n..").replace(b"\n", b"\r\n")
+            head = b""
             pos = end
-        self.flagcritical = True
-        self.conn.send(b".\r\n")
+            if pos >= n:
+                self.flagcritical = True
+                self.conn.send(data + b".\r\n")
+                break
+            self.conn.send(data)
 
     # -- main flow ---------------------------------------------------------------------------
 

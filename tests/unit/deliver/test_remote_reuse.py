@@ -97,3 +97,45 @@ def test_command_run_keeps_nothing_without_an_enabled_cache() -> None:
     cache = qr.ConnCache()  # as in the spawner and its one-off children
     r = qr.Remote(["qmail-remote"], 0, None, {}, cache)  # type: ignore[arg-type]
     assert r.cache is None
+
+
+class _Sends(qr.Conn):
+    def __init__(self) -> None:
+        super().__init__(None, 5)  # type: ignore[arg-type]
+        self.writes: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+def _blast(msg: bytes, qqeh: bytes = b"") -> list[bytes]:
+    r = qr.Remote(["qmail-remote"], 0, None, {})  # type: ignore[arg-type]
+    r.conn = _Sends()
+    r.msg = msg
+    r.qqeh = qqeh
+    r.blast()
+    assert r.flagcritical
+    return r.conn.writes
+
+
+@pytest.mark.parametrize(
+    ("msg", "qqeh", "wire"),
+    [
+        (b"Subject: a\n\n.dot\nx\n", b"", b"Subject: a\r\n\r\n..dot\r\nx\r\n.\r\n"),
+        (b".\n", b"X-Q: 1\n", b"X-Q: 1\r\n..\r\n.\r\n"),
+        (b"", b"", b".\r\n"),
+    ],
+)
+def test_small_message_is_one_write_with_its_dot(msg, qqeh, wire) -> None:
+    """A small write after another waits for the server's delayed ACK
+    (Nagle): the message, the qqeh and the final dot go in one write."""
+    assert _blast(msg, qqeh) == [wire]
+
+
+def test_big_message_in_chunks_the_dot_with_the_last() -> None:
+    line = b"y" * 99 + b"\n"
+    msg = line * (3 * qr.CHUNK // len(line) + 7)
+    writes = _blast(msg)
+    assert len(writes) == 4
+    assert all(not w.endswith(b".\r\n") for w in writes[:-1])
+    assert b"".join(writes) == msg.replace(b"\n", b"\r\n") + b".\r\n"
