@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -11,7 +10,9 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def date822fmt(when: float | None = None) -> str:
     """qmail's date822fmt: ``27 Nov 2026 00:13:25 -0000`` (UTC, no weekday)."""
-    second = math.floor(when if when is not None else time.time())
+    # // floors as math.floor does (also before 1970); math is a shared
+    # library to load for every sendmail run, this is the only use
+    second = int((when if when is not None else time.time()) // 1)
     if _last_second[0] == second:  # a busy qmail-smtpd stamps many per second
         return _last_second[1]
     t = time.gmtime(second)
