@@ -238,3 +238,59 @@ def test_smtps_implicit_tls(tmp_path, pki) -> None:
     out = deliver(tmp_path, server, env_extra={"SMTPS": "1"}, pki=pki)
     assert out == OK_SMTPS
     assert server.received == server.expected()
+
+
+def test_kept_tls_connection_carries_the_next_message(tmp_path, pki) -> None:
+    """A delivery worker's kept connection (SMTP_REUSE) stays encrypted:
+    the second message goes over the same TLS session, with no second
+    handshake or EHLO, and the connection ends with QUIT when let go."""
+    import io
+    import os
+
+    from indimail.deliver import qmail_remote
+
+    mail = [
+        ("C", "MAIL FROM:<from@example.org>"),
+        ("S", "250 ok"),
+        ("C", "RCPT TO:<to@example.test>"),
+        ("S", "250 ok"),
+        ("C", "DATA"),
+        ("S", "354 go"),
+        ("C", "<MESSAGE>"),
+        ("S", "250 ok"),
+    ]
+    script = [
+        *starttls_script()[:7],
+        ("C", "EHLO helo.example.test"),
+        ("S", "250 mx.example.test"),
+        *mail,
+        *mail,
+        ("C", "QUIT"),
+    ]
+    server = ScriptedServer(IP, [script], tls=pki["server_ctx"]).start()
+    env = base_env(tmp_path)
+    certs = Path(env["CERTDIR"])
+    (certs / "clientcert.pem").write_bytes((pki["dir"] / "server.pem").read_bytes())
+    (Path(env["CONTROLDIR"]) / "smtproutes").write_text(f"example.test:{IP}:{server.port}\n")
+    argv = ["qmail-remote", "example.test", "from@example.org", "", "6", "to@example.test"]
+    cache = qmail_remote.ConnCache()
+    cache.enable({"SMTP_REUSE": "30"})
+    outs = []
+    try:
+        for body in (b"one\n", b"two\n"):
+            (tmp_path / "mess").write_bytes(body)
+            out = io.BytesIO()
+            fd = os.open(tmp_path / "mess", os.O_RDONLY)
+            try:
+                qmail_remote.run(argv, fd, out, env, cache)
+            finally:
+                os.close(fd)
+            outs.append(out.getvalue())
+        assert cache.kept is not None and cache.kept.conn.tls
+        cache.expire()
+    finally:
+        server.stop()
+    assert outs == [OK_SMTPS, OK_SMTPS]
+    assert server.errors == []
+    assert server.received == server.expected()  # one connection, all of it
+    assert server.messages == [b"one\r\n", b"two\r\n"]
