@@ -9,6 +9,7 @@ connection is the check: transactions, QUIT, how many connections.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -27,6 +28,19 @@ def _instance(tmp_path, peer: SmtpPeer, domains=("peer.test",)):
     routes = "".join(f"{dom}:127.0.0.1:{peer.port}\n" for dom in domains)
     (inst.control / "smtproutes").write_text(routes)
     return inst
+
+
+@contextlib.contextmanager
+def _queue_to_peer(tmp_path, reuse: str, plan=None):
+    """A scripted peer, a one-queue instance routing peer.test to it, and
+    qscheduler running it with SMTP_REUSE=``reuse``: (peer, instance, delivery)."""
+    with SmtpPeer(plan=plan) as peer:
+        inst = _instance(tmp_path, peer)
+        d = Delivery(inst, {**inst.env(), "SMTP_REUSE": reuse})
+        try:
+            yield peer, inst, d
+        finally:
+            d.stop()
 
 
 def _deliver(inst, d: Delivery, i: int, domain: str = "peer.test") -> None:
@@ -49,72 +63,52 @@ def _wait(predicate, timeout: float = 15.0) -> bool:
 
 
 def test_messages_in_a_row_share_one_connection(tmp_path) -> None:
-    with SmtpPeer() as peer:
-        inst = _instance(tmp_path, peer)
-        d = Delivery(inst, {**inst.env(), "SMTP_REUSE": "1"})
-        try:
-            for i in range(3):
-                _deliver(inst, d, i)
-            assert len(peer.sessions) == 1, [s.commands for s in peer.sessions]
-            s = peer.sessions[0]
-            # kept after the third message until it was idle 1 s, then QUIT
-            assert _wait(lambda: s.commands[-1:] == ["QUIT"], 10), s.commands
-            assert _verbs(s.commands) == ["EHLO", *ONE * 3, "QUIT"]
-            rcpts = [c for c in s.commands if c.startswith("RCPT")]
-            assert rcpts == [f"RCPT TO:<rcpt{i}@peer.test>" for i in range(3)]
-            assert [b"body %d" % i in m for i, m in enumerate(s.received)] == [True] * 3
-            assert len(log_matches(d, "accepted_message")) == 3
-        finally:
-            d.stop()
+    with _queue_to_peer(tmp_path, "1") as (peer, inst, d):
+        for i in range(3):
+            _deliver(inst, d, i)
+        assert len(peer.sessions) == 1, [s.commands for s in peer.sessions]
+        s = peer.sessions[0]
+        # kept after the third message until it was idle 1 s, then QUIT
+        assert _wait(lambda: s.commands[-1:] == ["QUIT"], 10), s.commands
+        assert _verbs(s.commands) == ["EHLO", *ONE * 3, "QUIT"]
+        rcpts = [c for c in s.commands if c.startswith("RCPT")]
+        assert rcpts == [f"RCPT TO:<rcpt{i}@peer.test>" for i in range(3)]
+        assert [b"body %d" % i in m for i, m in enumerate(s.received)] == [True] * 3
+        assert len(log_matches(d, "accepted_message")) == 3
         assert peer.errors == []
 
 
 def test_smtp_reuse_0_is_one_connection_per_message(tmp_path) -> None:
-    with SmtpPeer() as peer:
-        inst = _instance(tmp_path, peer)
-        d = Delivery(inst, {**inst.env(), "SMTP_REUSE": "0"})
-        try:
-            for i in range(2):
-                _deliver(inst, d, i)
-            assert _wait(lambda: all(s.commands[-1:] == ["QUIT"] for s in peer.sessions))
-            assert [_verbs(s.commands) for s in peer.sessions] == [["EHLO", *ONE, "QUIT"]] * 2
-        finally:
-            d.stop()
+    with _queue_to_peer(tmp_path, "0") as (peer, inst, d):
+        for i in range(2):
+            _deliver(inst, d, i)
+        assert _wait(lambda: all(s.commands[-1:] == ["QUIT"] for s in peer.sessions))
+        assert [_verbs(s.commands) for s in peer.sessions] == [["EHLO", *ONE, "QUIT"]] * 2
 
 
 def test_server_hung_up_on_the_kept_connection(tmp_path) -> None:
     """The peer hangs up after each message (as an idle timeout would):
     the next message sees the closed connection and connects again."""
-    with SmtpPeer(plan=lambda n: {"after": CLOSE}) as peer:
-        inst = _instance(tmp_path, peer)
-        d = Delivery(inst, {**inst.env(), "SMTP_REUSE": "30"})
-        try:
-            for i in range(2):
-                _deliver(inst, d, i)
-            assert [_verbs(s.commands) for s in peer.sessions] == [["EHLO", *ONE, "<HANGUP>"]] * 2
-            assert not log_matches(d, "deferral")
-        finally:
-            d.stop()
+    with _queue_to_peer(tmp_path, "30", lambda n: {"after": CLOSE}) as (peer, inst, d):
+        for i in range(2):
+            _deliver(inst, d, i)
+        assert [_verbs(s.commands) for s in peer.sessions] == [["EHLO", *ONE, "<HANGUP>"]] * 2
+        assert not log_matches(d, "deferral")
 
 
 def test_kept_connection_dropped_at_mail_goes_on_a_new_one(tmp_path) -> None:
     """The peer drops the kept connection at the next MAIL, after it looked
     alive: the message goes out on a new connection, reported once."""
-    with SmtpPeer(plan=lambda n: {"again": CLOSE}) as peer:
-        inst = _instance(tmp_path, peer)
-        d = Delivery(inst, {**inst.env(), "SMTP_REUSE": "30"})
-        try:
-            for i in range(2):
-                _deliver(inst, d, i)
-            first, second = peer.sessions
-            assert _verbs(first.commands) == ["EHLO", *ONE, "MAIL"] and first.closed_by_peer
-            assert _verbs(second.commands)[:5] == ["EHLO", *ONE]
-            got = [m for s in peer.sessions for m in s.received]
-            assert [b"body %d" % i in m for i, m in enumerate(got)] == [True, True]
-            assert not log_matches(d, "deferral")
-            assert len(log_matches(d, "success:")) == 2
-        finally:
-            d.stop()
+    with _queue_to_peer(tmp_path, "30", lambda n: {"again": CLOSE}) as (peer, inst, d):
+        for i in range(2):
+            _deliver(inst, d, i)
+        first, second = peer.sessions
+        assert _verbs(first.commands) == ["EHLO", *ONE, "MAIL"] and first.closed_by_peer
+        assert _verbs(second.commands)[:5] == ["EHLO", *ONE]
+        got = [m for s in peer.sessions for m in s.received]
+        assert [b"body %d" % i in m for i, m in enumerate(got)] == [True, True]
+        assert not log_matches(d, "deferral")
+        assert len(log_matches(d, "success:")) == 2
 
 
 def test_a_connection_is_kept_per_route(tmp_path) -> None:

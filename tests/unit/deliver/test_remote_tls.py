@@ -106,10 +106,8 @@ def starttls_script() -> list[tuple[str, str]]:
     ]
 
 
-def tail() -> list[tuple[str, str]]:
+def transaction() -> list[tuple[str, str]]:
     return [
-        ("C", "EHLO helo.example.test"),
-        ("S", "250 mx.example.test"),
         ("C", "MAIL FROM:<from@example.org>"),
         ("S", "250 ok"),
         ("C", "RCPT TO:<to@example.test>"),
@@ -118,6 +116,14 @@ def tail() -> list[tuple[str, str]]:
         ("S", "354 go"),
         ("C", "<MESSAGE>"),
         ("S", "250 ok"),
+    ]
+
+
+def tail() -> list[tuple[str, str]]:
+    return [
+        ("C", "EHLO helo.example.test"),
+        ("S", "250 mx.example.test"),
+        *transaction(),
         ("C", "QUIT"),
     ]
 
@@ -249,22 +255,12 @@ def test_kept_tls_connection_carries_the_next_message(tmp_path, pki) -> None:
 
     from indimail.deliver import qmail_remote
 
-    mail = [
-        ("C", "MAIL FROM:<from@example.org>"),
-        ("S", "250 ok"),
-        ("C", "RCPT TO:<to@example.test>"),
-        ("S", "250 ok"),
-        ("C", "DATA"),
-        ("S", "354 go"),
-        ("C", "<MESSAGE>"),
-        ("S", "250 ok"),
-    ]
     script = [
         *starttls_script()[:7],
         ("C", "EHLO helo.example.test"),
         ("S", "250 mx.example.test"),
-        *mail,
-        *mail,
+        *transaction(),
+        *transaction(),
         ("C", "QUIT"),
     ]
     server = ScriptedServer(IP, [script], tls=pki["server_ctx"]).start()
