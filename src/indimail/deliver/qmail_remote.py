@@ -1249,7 +1249,10 @@ class Remote:
         self.key = None
         if self.cache is None or self.use_auth is not None:
             return
-        self.key = (self.host, ix.ip, self.port, self.outip, self.helohost, self.smtps, self.notls)
+        # what the session was set up with: route, address, name, TLS choices
+        tls_env = map(self.env.get, ("CERTDIR", "CLIENTCERT", "TLS_CIPHER_LIST"))
+        tls = (self.smtps, self.notls, *tls_env)
+        self.key = (self.host, ix.ip, self.port, self.outip, self.helohost, tls)
         kept = self.cache.take(self.key)
         if kept is None:
             return

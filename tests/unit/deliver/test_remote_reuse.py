@@ -139,3 +139,32 @@ def test_big_message_in_chunks_the_dot_with_the_last() -> None:
     assert len(writes) == 4
     assert all(not w.endswith(b".\r\n") for w in writes[:-1])
     assert b"".join(writes) == msg.replace(b"\n", b"\r\n") + b".\r\n"
+
+
+def _remote(cache: qr.ConnCache, env: dict[str, str]) -> qr.Remote:
+    r = qr.Remote(["qmail-remote"], 0, None, env, cache)  # type: ignore[arg-type]
+    r.host, r.port, r.outip, r.helohost = "peer.test", 25, None, "me.test"
+    r.smtps = r.notls = False
+    r.use_auth = None
+    r.timeoutdata = 5
+    return r
+
+
+def test_other_tls_settings_do_not_take_the_kept_connection(pair) -> None:
+    from indimail.deliver.dns import MxIp
+
+    cache, _kept = _cache(pair)
+    ix = MxIp(0, "127.0.0.1", None)
+    first = _remote(cache, {"CLIENTCERT": "a.pem"})
+    first.reuse(ix)  # nothing kept for its key yet: it would connect
+    assert first.conn is None and first.key is not None
+    kept = qr.Kept(first.key, cache.kept.conn, {}, time.monotonic())  # type: ignore[union-attr]
+    cache.kept = kept
+    other = _remote(cache, {"CLIENTCERT": "b.pem"})
+    other.reuse(ix)
+    assert other.key != first.key
+    assert other.conn is None and cache.kept is kept  # not taken, still kept
+    auth = _remote(cache, {"CLIENTCERT": "a.pem"})
+    auth.use_auth = "PLAIN"
+    auth.reuse(ix)
+    assert auth.key is None and cache.kept is kept  # AUTH sessions are never shared
