@@ -352,6 +352,7 @@ class Remote:
         self.cache = cache if cache is not None and cache.enabled else None
         self.key: tuple | None = None  # what a kept connection must match
         self.born = 0.0  # when the connection in use was opened
+        self.kept: Kept | None = None  # the kept connection in use, if reused
         self.reused = False
         self.authed = False
         self.msgfd = msgfd
@@ -424,7 +425,9 @@ class Remote:
         With ``keep`` (a delivery done) and a cache, the connection is kept
         for the next message instead."""
         if keep and self.cache is not None and self.key is not None and self.conn is not None:
-            self.cache.put(Kept(self.key, self.conn, self.ehlokw, self.born))
+            # a reused connection goes back as it was taken (its age and
+            # message count go on); a new one starts its record
+            self.cache.put(self.kept or Kept(self.key, self.conn, self.ehlokw, self.born))
             self.conn = None
         elif self.conn is not None:
             try:
@@ -500,6 +503,9 @@ class Remote:
             self.out(f"{self.conn.ssl_err} ")
         self.out("(#4.4.2)\n")
         self.zerodie("Z", -1)
+
+    def overlong(self) -> None:
+        self.quit(-1, -1, "ZConnected to ", " but the server sent an overlong reply")
 
     def tls_quit(self, *parts: str, with_text: bool = False) -> None:
         if self.conn is not None:
@@ -1246,7 +1252,7 @@ class Remote:
         """Deliver on the connection kept for ``ix``, which ends the run;
         returns when there is none, or it died before its first answer
         (nothing was reported then: a new connection takes over)."""
-        self.key = None
+        self.key = self.kept = None
         if self.cache is None or self.use_auth is not None:
             return
         # what the session was set up with: route, address, name, TLS choices
@@ -1260,18 +1266,18 @@ class Remote:
         self.conn = kept.conn
         self.conn.timeout = self.timeoutdata
         self.ehlokw = kept.ehlokw
-        self.born = kept.born
+        self.kept = kept
         self.reused = True
         try:
             self.transaction()
         except _Stale:
             self.conn.close()
-            self.conn = None
+            self.conn = self.kept = None
             self.reused = False
         except _Dropped:
             self.dropped()
         except _Overlong:
-            self.quit(-1, -1, "ZConnected to ", " but the server sent an overlong reply")
+            self.overlong()
 
     def connect_loop(self, ips: list[_dns.MxIp]) -> None:
         tried: list[str] = []
@@ -1316,7 +1322,7 @@ class Remote:
                     # original's "Will try alternate MX" deferral
                     self.inside_greeting = False
                 except _Overlong:
-                    self.quit(-1, -1, "ZConnected to ", " but the server sent an overlong reply")
+                    self.overlong()
             if self.flagtcpto and self.tcpto:
                 errors = connected or failed_errno in (
                     errno.ETIMEDOUT,
