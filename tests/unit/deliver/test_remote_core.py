@@ -13,7 +13,7 @@ from pathlib import Path
 CASES = Path(__file__).parent / "remote_cases"
 sys.path.insert(0, str(CASES))
 
-from remote_harness import ScriptedServer, base_env, run_remote  # noqa: E402
+from remote_harness import ScriptedServer, base_env, run_remote, transaction  # noqa: E402
 
 from indimail.deliver import tcpto  # noqa: E402
 from indimail.deliver.qmail_remote import addrmangle, match_partner  # noqa: E402
@@ -26,12 +26,7 @@ def session(extra_after_data=()) -> list[tuple[str, str]]:
         ("S", "220 mx"),
         ("C", "EHLO helo.example.test"),
         ("S", "250 mx"),
-        ("C", "MAIL FROM:<from@example.org>"),
-        ("S", "250 ok"),
-        ("C", "RCPT TO:<to@example.test>"),
-        ("S", "250 ok"),
-        ("C", "DATA"),
-        ("S", "354 go"),
+        *transaction()[:6],  # MAIL, RCPT, DATA and their replies
         *extra_after_data,
     ]
 

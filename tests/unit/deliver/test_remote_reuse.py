@@ -173,26 +173,15 @@ def test_other_tls_settings_do_not_take_the_kept_connection(pair) -> None:
 def test_a_connection_carries_at_most_reuse_count_messages(tmp_path, monkeypatch) -> None:
     """The count survives from one delivery to the next: with REUSE_COUNT 2
     the third message goes on a new connection, the full one got QUIT."""
-    import io
-    import os
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent / "remote_cases"))
-    from remote_harness import ScriptedServer, base_env
+    from remote_harness import ScriptedServer, base_env, run_remote, transaction
 
     monkeypatch.setattr(qr, "REUSE_COUNT", 2)
     hello = [("S", "220 mx"), ("C", "EHLO helo.example.test"), ("S", "250 mx")]
-    one = [
-        ("C", "MAIL FROM:<from@example.org>"),
-        ("S", "250 ok"),
-        ("C", "RCPT TO:<to@example.test>"),
-        ("S", "250 ok"),
-        ("C", "DATA"),
-        ("S", "354 go"),
-        ("C", "<MESSAGE>"),
-        ("S", "250 ok"),
-    ]
+    one = transaction()
     quit_ = [("C", "QUIT")]
     server = ScriptedServer("127.0.0.2", [hello + one + one + quit_, hello + one + quit_]).start()
     env = base_env(tmp_path)
@@ -200,16 +189,9 @@ def test_a_connection_carries_at_most_reuse_count_messages(tmp_path, monkeypatch
     argv = ["qmail-remote", "example.test", "from@example.org", "", "6", "to@example.test"]
     cache = qr.ConnCache()
     cache.enable({"SMTP_REUSE": "30"})
-    (tmp_path / "mess").write_bytes(b"hello\n")
     try:
         for _ in range(3):
-            out = io.BytesIO()
-            fd = os.open(tmp_path / "mess", os.O_RDONLY)
-            try:
-                qr.run(argv, fd, out, env, cache)
-            finally:
-                os.close(fd)
-            assert b"accepted message" in out.getvalue()
+            assert b"accepted message" in run_remote(argv, b"hello\n", env, tmp_path, cache)[1]
         cache.expire()
     finally:
         server.stop()

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 CASES = Path(__file__).parent / "remote_cases"
 sys.path.insert(0, str(CASES))
 
-from remote_harness import ScriptedServer, base_env, run_remote  # noqa: E402
+from remote_harness import ScriptedServer, base_env, run_remote, transaction  # noqa: E402
 
 IP = "127.0.0.2"
 
@@ -103,19 +103,6 @@ def starttls_script() -> list[tuple[str, str]]:
         ("S", "220 ready"),
         ("S", "<STARTTLS>"),
         *tail(),
-    ]
-
-
-def transaction() -> list[tuple[str, str]]:
-    return [
-        ("C", "MAIL FROM:<from@example.org>"),
-        ("S", "250 ok"),
-        ("C", "RCPT TO:<to@example.test>"),
-        ("S", "250 ok"),
-        ("C", "DATA"),
-        ("S", "354 go"),
-        ("C", "<MESSAGE>"),
-        ("S", "250 ok"),
     ]
 
 
@@ -250,9 +237,6 @@ def test_kept_tls_connection_carries_the_next_message(tmp_path, pki) -> None:
     """A delivery worker's kept connection (SMTP_REUSE) stays encrypted:
     the second message goes over the same TLS session, with no second
     handshake or EHLO, and the connection ends with QUIT when let go."""
-    import io
-    import os
-
     from indimail.deliver import qmail_remote
 
     script = [
@@ -274,14 +258,7 @@ def test_kept_tls_connection_carries_the_next_message(tmp_path, pki) -> None:
     outs = []
     try:
         for body in (b"one\n", b"two\n"):
-            (tmp_path / "mess").write_bytes(body)
-            out = io.BytesIO()
-            fd = os.open(tmp_path / "mess", os.O_RDONLY)
-            try:
-                qmail_remote.run(argv, fd, out, env, cache)
-            finally:
-                os.close(fd)
-            outs.append(out.getvalue())
+            outs.append(run_remote(argv, body, env, tmp_path, cache)[1])
         assert cache.kept is not None and cache.kept.conn.tls
         cache.expire()
     finally:

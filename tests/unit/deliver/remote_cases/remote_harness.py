@@ -276,18 +276,37 @@ class DnsServer:
 
 
 def run_remote(
-    argv: list[str], message: bytes, env: dict[str, str], tmp: Path
+    argv: list[str],
+    message: bytes,
+    env: dict[str, str],
+    tmp: Path,
+    cache: qmail_remote.ConnCache | None = None,
 ) -> tuple[int, bytes]:
-    """qmail-remote in process: (exit code, stdout bytes)."""
+    """qmail-remote in process: (exit code, stdout bytes); with ``cache``
+    as a delivery worker runs it (a kept connection)."""
     msgfile = tmp / "mess"
     msgfile.write_bytes(message)
     out = io.BytesIO()
     fd = os.open(msgfile, os.O_RDONLY)
     try:
-        code = qmail_remote.run(argv, fd, out, env)
+        code = qmail_remote.run(argv, fd, out, env, cache)
     finally:
         os.close(fd)
     return code, out.getvalue()
+
+
+def transaction() -> list[tuple[str, str]]:
+    """One accepted message, MAIL to the final 250, as a script part."""
+    return [
+        ("C", "MAIL FROM:<from@example.org>"),
+        ("S", "250 ok"),
+        ("C", "RCPT TO:<to@example.test>"),
+        ("S", "250 ok"),
+        ("C", "DATA"),
+        ("S", "354 go"),
+        ("C", "<MESSAGE>"),
+        ("S", "250 ok"),
+    ]
 
 
 def base_env(tmp: Path) -> dict[str, str]:
