@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from smtp_service import SmtpService, served_by, session
+from smtp_service import SmtpService, compile_rules, served_by, session
 
 from support import Instance
 
@@ -311,3 +311,25 @@ def test_lowering_the_limit_ends_the_workers_beyond_it(instance: Instance, tmp_p
         second.settimeout(10)
         assert second.recv(4) == b"220 "
         second.close()
+
+
+def test_a_worker_follows_a_rebuilt_rules_file(instance: Instance, tmp_path: Path) -> None:
+    """A worker keeps its rules decisions from one connection to the next
+    (``rules.Cache``), but a new tcprules build counts from the next one."""
+    with SmtpService(instance, tmp_path, rules=RULES) as svc:
+        time.sleep(2.2)  # the file has settled: decisions are kept from now on
+        before = [session(svc.port, "127.0.0.2", "far@elsewhere.test") for _ in range(4)]
+        compile_rules(
+            [str(instance.bin / "tcprules")], svc.rules_cdb, "127.0.0.2:deny\n127.:allow\n"
+        )
+        after = [session(svc.port, "127.0.0.2", "far@elsewhere.test")]
+        time.sleep(2.2)
+        after.append(session(svc.port, "127.0.0.2", "far@elsewhere.test"))
+        other = session(svc.port, "127.0.0.1", "user@mx.example.test")
+        pids = served_by(svc, 7)
+        log = svc.logtext()
+    assert all(b[3] == "250 ok" for b in before), before  # RELAYCLIENT from the rules
+    assert after == [[""], [""]], after  # denied by the new build
+    assert other[3] == "250 ok", other
+    assert set(pids[4:6]) <= set(pids[:4]), pids  # by workers that knew the old rule
+    assert "Traceback" not in log

@@ -72,6 +72,11 @@ def stable_key(path: str) -> tuple[int, int, int, int, int] | None:
         st = os.stat(path)
     except OSError:
         return None
+    return settled_key(st)
+
+
+def settled_key(st: os.stat_result) -> tuple[int, int, int, int, int] | None:
+    """:func:`stable_key` of a file already open (``os.fstat``)."""
     return _key(st) if _settled(st, time.time_ns()) else None
 
 

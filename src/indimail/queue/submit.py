@@ -122,7 +122,7 @@ def _submit_in_process(
     try:
         queuedir = choose_queue(environ, p)
         check_min_free(queuedir, environ)
-        layout = Layout(root=queuedir, split=p.conf_split, bigtodo=p.bigtodo)
+        layout = _layout(queuedir, p.conf_split, p.bigtodo)
         envelope = Envelope(sender, tuple(recipients))
         owner = _queue_owner(queuedir)
         euid = os.geteuid()
@@ -135,6 +135,22 @@ def _submit_in_process(
         raise SubmitError(exc.code, codes.text_for(exc.code), exc.reason) from None
     trigger = None if wake else trigger_path(layout.root_s)
     return Queued(inode=inode, queuedir=queuedir, qp=os.getpid(), trigger=trigger)
+
+
+# One Layout per queue for a process that queues message after message (a
+# qmail-smtpd pool worker): a Layout is immutable, and making one normalises
+# its path each time.
+_layouts: dict[tuple[str, int, int], Layout] = {}
+
+
+def _layout(queuedir: str, split: int, bigtodo: int) -> Layout:
+    key = (queuedir, split, bigtodo)
+    found = _layouts.get(key)
+    if found is None:
+        if len(_layouts) >= 64:  # a bound for paths that keep changing
+            _layouts.clear()
+        found = _layouts[key] = Layout(root=queuedir, split=split, bigtodo=bigtodo)
+    return found
 
 
 def _submit_via_door(

@@ -29,8 +29,10 @@ first), ``=.suffix`` host suffixes (longest first), ``=``, and ``""``.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterator
 
+from indimail.core import control
 from indimail.core.cdb import Reader
 from indimail.core.record import Record
 from indimail.ucspi import addr
@@ -283,6 +285,55 @@ def lookup(reader: Reader, ip: str, host: str | None = None, info: str | None = 
             deny, env = parse_value(data)
             return Decision(key, deny, env, data)
     return Decision(None)
+
+
+class Cache:
+    """One rules file's decisions, for a process that serves connection
+    after connection (a tcpserver pool worker).
+
+    tcpserver reads its rules at every connection, so that a new
+    ``tcprules`` build (a rename: a new inode) or any edit counts from the
+    next one.  Opening and mapping the cdb and hashing up to a dozen
+    candidate keys cost a pooled session more than the rest of tcpserver's
+    setup; here a connection costs one ``stat()`` when its (address, host,
+    info) was looked up before in the same file.  The decisions are kept
+    under the file's stat key (``control.stable_key``: device, inode, size,
+    mtime and ctime, and only once unchanged for two seconds), taken by
+    ``fstat`` of the descriptor the cdb was read from, so a decision is
+    never filed under another file's key; any other key empties the cache.
+    Raises as :class:`Reader` and :func:`lookup` do (FileNotFoundError when
+    the file is missing).
+    """
+
+    MAX = 1024  # distinct clients remembered; the cache restarts when full
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.key: tuple[int, int, int, int, int] | None = None
+        self.decisions: dict[tuple[str, str | None, str | None], Decision] = {}
+
+    def lookup(self, ip: str, host: str | None = None, info: str | None = None) -> Decision:
+        client = (ip, host, info)
+        if self.decisions and control.stable_key(self.path) == self.key:
+            hit = self.decisions.get(client)
+            if hit is not None:
+                return hit
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            key = control.settled_key(os.fstat(fd))
+            reader = Reader.from_fd(fd)
+        finally:
+            os.close(fd)
+        try:
+            decision = lookup(reader, ip, host, info)
+        finally:
+            reader.close()
+        if key != self.key or len(self.decisions) >= self.MAX:
+            self.decisions.clear()
+            self.key = key
+        if key is not None:
+            self.decisions[client] = decision
+        return decision
 
 
 def describe(decision: Decision) -> str:

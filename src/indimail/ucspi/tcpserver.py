@@ -49,6 +49,10 @@ from indimail.core import control
 from indimail.core.errors import EXIT_TEMP, Fatal, UsageError, exit_child
 from indimail.ucspi import addr, context, inproc, pool
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from indimail.ucspi import rules
+
 DROP = "tcpserver: warning: dropping connection, "
 OPTSTRING = "dDe:vqQhHrR1UXx:m:t:T:u:g:l:b:B:c:C:pPoO46I:sNn:a:f:M:i:L:S:z"
 USAGE = (
@@ -404,6 +408,16 @@ class Server:
         self.pool_settings = pool.Settings({})
         self.pool_wanted = False
         self.child_slots: dict[int, int] = {}  # forked child's pid -> its table slot
+        self._rules: rules.Cache | None = None
+
+    def rules_cache(self) -> rules.Cache:
+        """The ``-x`` file's decisions (made once; a pool worker keeps its
+        copy from one connection to the next)."""
+        if self._rules is None:
+            from indimail.ucspi import rules
+
+            self._rules = rules.Cache(self.o.rules or "")
+        return self._rules
 
     # logging
     def warn(self, text: str) -> None:
@@ -1063,7 +1077,7 @@ class Child:
             local = conn.getsockname()
         except OSError as exc:
             raise Fatal(EXIT_TEMP, f"unable to get local address: {exc.strerror}") from None
-        lip16 = addr.parse(local[0]) or b"\0" * 16
+        lip16 = _peer_ip16(local[0])
         localport = str(local[1])
         localipstr = addr.ip4_fmt(lip16[12:]) if v4text else addr.ip6_fmt(lip16)
         localipstr6 = addr.ip6_fmt(lip16)
@@ -1128,23 +1142,16 @@ class Child:
 
     def follow_rules(self, ip: str, host: str | None, info: str | None) -> bool:
         from indimail.core import cdb
-        from indimail.ucspi import rules
 
-        path = self.o.rules or ""
+        cache = self.s.rules_cache()
         try:
-            reader = cdb.Reader(path)
+            decision = cache.lookup(ip, host, info)
         except FileNotFoundError:
             if self.o.allow_norules:
                 return False
-            raise Fatal(EXIT_TEMP, f"unable to read {path}: file does not exist") from None
+            raise Fatal(EXIT_TEMP, f"unable to read {cache.path}: file does not exist") from None
         except (OSError, cdb.CdbError) as exc:
-            raise Fatal(EXIT_TEMP, f"unable to read {path}: {exc}") from None
-        try:
-            decision = rules.lookup(reader, ip, host, info)
-        except cdb.CdbError as exc:
-            raise Fatal(EXIT_TEMP, f"unable to read {path}: {exc}") from None
-        finally:
-            reader.close()
+            raise Fatal(EXIT_TEMP, f"unable to read {cache.path}: {exc}") from None
         for name, value in decision.env:
             self.setenv(name, value)
         return decision.deny

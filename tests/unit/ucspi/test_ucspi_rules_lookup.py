@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from indimail.core import cdb
+from indimail.core import cdb, control
 from indimail.ucspi import addr, rules
 from indimail.ucspi.tcpserver import parse_options, safe
 
@@ -131,3 +133,68 @@ def test_tcpserver_options_and_safe(monkeypatch) -> None:
     assert o.maxperip == o.perhostlimit == 5
     assert safe("a b%c\x01") == "a?b?c?"
     assert safe("x" * 120) == "x" * 100 + "..."
+
+
+def _build(path, lines: list[str]) -> str:
+    w = cdb.Writer(path, str(path) + ".tmp")
+    for key, data in rules.compile_lines([line.encode() + b"\n" for line in lines]):
+        w.add(key, data)
+    w.finish()
+    return str(path)
+
+
+def _count_reads(monkeypatch) -> list[int]:
+    reads = [0]
+    real = cdb.Reader.from_fd.__func__
+
+    def counting(cls, fd):
+        reads[0] += 1
+        return real(cls, fd)
+
+    monkeypatch.setattr(cdb.Reader, "from_fd", classmethod(counting))
+    return reads
+
+
+def test_cache_answers_a_known_client_without_reading_the_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(control, "RACY_NS", 0)  # every file counts as settled
+    path = _build(tmp_path / "r.cdb", ['1.2.3.4:allow,A="1"', "1.2.3.5:deny"])
+    reads = _count_reads(monkeypatch)
+    cache = rules.Cache(path)
+    for _ in range(3):
+        assert cache.lookup("1.2.3.4").env == [("A", "1")]
+        assert cache.lookup("1.2.3.5").deny
+        assert cache.lookup("1.2.3.6").key is None  # no rule: kept as well
+    assert reads[0] == 3  # once per client, not per connection
+
+
+def test_cache_sees_a_rebuilt_file_at_the_next_lookup(tmp_path, monkeypatch) -> None:
+    """tcprules renames a new cdb into place: the next connection follows it."""
+    monkeypatch.setattr(control, "RACY_NS", 0)
+    path = _build(tmp_path / "r.cdb", ['1.2.3.4:allow,A="1"'])
+    cache = rules.Cache(path)
+    assert cache.lookup("1.2.3.4").env == [("A", "1")]
+    _build(tmp_path / "r.cdb", ["1.2.3.4:deny"])
+    assert cache.lookup("1.2.3.4").deny
+    os.unlink(path)
+    with pytest.raises(FileNotFoundError):
+        cache.lookup("1.2.3.4")
+
+
+def test_cache_rereads_a_file_changed_within_the_racy_window(tmp_path, monkeypatch) -> None:
+    """A file changed in the last two seconds is read at every lookup: an edit
+    in the same timestamp tick, keeping the size, could not be told apart."""
+    path = _build(tmp_path / "r.cdb", ["1.2.3.4:deny"])
+    reads = _count_reads(monkeypatch)
+    cache = rules.Cache(path)
+    assert cache.lookup("1.2.3.4").deny
+    assert cache.lookup("1.2.3.4").deny
+    assert reads[0] == 2 and not cache.decisions
+
+
+def test_cache_is_bounded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(control, "RACY_NS", 0)
+    monkeypatch.setattr(rules.Cache, "MAX", 4)
+    cache = rules.Cache(_build(tmp_path / "r.cdb", ["10.:deny"]))
+    for n in range(10):
+        assert cache.lookup(f"10.0.0.{n}").deny
+        assert len(cache.decisions) <= 4
