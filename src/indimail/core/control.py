@@ -132,6 +132,52 @@ def _note_absent(spath: str, dkey: tuple[int, int, int, int, int] | None) -> Non
         _absent[spath] = dkey
 
 
+# What the control reads of a computation depended on (:class:`reads`):
+# ("f", path) -> the stat key its contents were kept under; ("d", directory)
+# -> the directory's stat key when a file there was found absent; a None
+# value: something that cannot be checked that way (a file changed in the
+# last RACY_NS, an absent file outside a session), so the result must not
+# be reused.
+_deps: dict[tuple[str, str], tuple[int, int, int, int, int] | None] | None = None
+
+
+def _dep_file(spath: str, key: tuple[int, int, int, int, int] | None) -> None:
+    if _deps is not None:
+        _deps[("f", spath)] = key
+
+
+def _dep_absent(spath: str, dkey: tuple[int, int, int, int, int] | None) -> None:
+    if _deps is not None:
+        head = spath.rpartition("/")[0]
+        _deps[("d", head or ("/" if spath.startswith("/") else "."))] = dkey
+
+
+class reads:  # lower case: used as ``with control.reads() as deps:``
+    """Record what every control read inside depended on, so that a value
+    computed from control files can be reused while :func:`unchanged` says
+    none of them changed (qmail-smtpd's per-connection settings in a pool
+    worker).  Reads of files changed within RACY_NS, and absent files
+    outside a :class:`session`, make the record unusable, never wrong."""
+
+    def __enter__(self) -> dict:
+        global _deps
+        self._saved = _deps
+        _deps = {}
+        return _deps
+
+    def __exit__(self, *_exc: object) -> None:
+        global _deps
+        _deps = self._saved
+
+
+def unchanged(deps: dict) -> bool:
+    """Whether every read recorded by :class:`reads` would find the same
+    now: each file present then has the same stat key, and each directory
+    where a file was absent has the same stat key (creating, renaming or
+    linking any file there changes it).  One stat() per entry."""
+    return all(key is not None and stable_key(path) == key for (_, path), key in deps.items())
+
+
 def _str_path(name: str, controldir: Path | None) -> str:
     if name.startswith(("/", ".")):
         return name
@@ -143,23 +189,27 @@ def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | N
     spath = _str_path(name, controldir)
     gone, dkey = _known_absent(spath)
     if gone:
+        _dep_absent(spath, dkey)
         return None
     try:
         st = os.stat(spath)
     except FileNotFoundError:
         _cache.pop(spath, None)
         _note_absent(spath, dkey)
+        _dep_absent(spath, dkey if not os.path.islink(spath) else None)
         return None
     except OSError:
         st = None  # open() below reports it
     if st is not None:
         hit = _cache.get(spath)
         if hit is not None and hit[0] == _key(st):
+            _dep_file(spath, hit[0])
             return hit[1], hit[2]
     try:
         fd = os.open(spath, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         _cache.pop(spath, None)
+        _dep_file(spath, None)
         return None
     except OSError as exc:
         path = control_path(name, controldir)
@@ -182,8 +232,10 @@ def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | N
     if st.st_size == len(data) <= CACHE_MAX and stat.S_ISREG(st.st_mode) and _settled(st, now):
         parsed: dict = {}
         _cache[spath] = (_key(st), data, parsed)
+        _dep_file(spath, _key(st))
         return data, parsed
     _cache.pop(spath, None)
+    _dep_file(spath, None)
     return data, None
 
 
@@ -296,18 +348,23 @@ def exists(name: str, *, controldir: Path | None = None) -> bool:
     spath = _str_path(name, controldir)
     gone, dkey = _known_absent(spath)
     if gone:
+        _dep_absent(spath, dkey)
         return False
     try:
-        os.stat(spath)
+        st = os.stat(spath)
     except FileNotFoundError:
         _note_absent(spath, dkey)
+        _dep_absent(spath, dkey if not os.path.islink(spath) else None)
         return False
     except NotADirectoryError:
+        _dep_file(spath, None)
         return False
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EBADF):
+            _dep_file(spath, None)
             return False
         raise
+    _dep_file(spath, settled_key(st))
     return True
 
 

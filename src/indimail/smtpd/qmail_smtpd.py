@@ -118,6 +118,32 @@ def _environ_copy() -> dict[str, str]:
     }
 
 
+class _EnvReads:
+    """The environment as Session.controls() reads it, noting every name it
+    asks for and what it found (None: unset), to tell later whether a
+    session's environment would give the same settings."""
+
+    __slots__ = ("env", "seen")
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.seen: dict[str, str | None] = {}
+
+    def get(self, name: str) -> str | None:
+        value = self.seen[name] = self.env.get(name)
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        value = self.seen[name] = self.env.get(name)
+        return value is not None
+
+
+# Settings of earlier sessions (Session.controls): (environment reads,
+# control file reads, the paths object, the attributes), newest first.
+CONTROLS_MEMO_MAX = 8
+_CONTROLS_MEMO: list[tuple[dict[str, str | None], dict, object, dict[str, object]]] = []
+
+
 def parse_address(arg: bytes) -> bytes | None:
     """The original's addrparse(): the address in ``<...>`` (or after ':').
 
@@ -254,12 +280,48 @@ class Session:
         self.out(f"{code[:3]} {last}{extra if len(lines) == 1 else ''}{tail}")
 
     # ---------------------------------------------------------------- setup
+    # What controls() sets: from control files and the environment.
+    CONTROL_ATTRS = (
+        "controldir", "certdir", "greeting_lines", "liphost", "timeout", "maxhops",
+        "maxcmdlen", "databytes", "maxrcpt", "tarpitcount", "tarpitdelay", "greetdelay",
+        "moreipme", "rcpthosts", "bmf", "brt", "grt", "rmf", "dohelocheck", "badhelo",
+        "checkrecipient", "chkrcpt", "recipients",
+    )  # fmt: skip
+
     def controls(self) -> None:
+        """The per-connection settings from control files and the environment.
+
+        A pool worker reads the same ~20 files for every connection; the
+        settings of an earlier session are reused while the environment
+        variables they were read with are the same and
+        ``control.unchanged`` finds every file they came from unchanged
+        (one stat() per file present and one per directory of the absent
+        ones), so an edit still counts from the next connection."""
+        env = self.env
         p = _paths.get()
-        v = self.env.get("CONTROLDIR")
+        for i, (seen, deps, paths_obj, values) in enumerate(_CONTROLS_MEMO):
+            if (
+                paths_obj is p
+                and all(env.get(k) == v for k, v in seen.items())
+                and control.unchanged(deps)
+            ):
+                self.__dict__.update(values)
+                if i:
+                    _CONTROLS_MEMO.insert(0, _CONTROLS_MEMO.pop(i))
+                return
+        e = _EnvReads(env)
+        with control.reads() as deps:
+            self._read_controls(e, p)
+        if deps and not self.checkrecipient:  # recipients reads more than control files
+            values = {name: self.__dict__[name] for name in self.CONTROL_ATTRS}
+            _CONTROLS_MEMO.insert(0, (e.seen, dict(deps), p, values))
+            del _CONTROLS_MEMO[CONTROLS_MEMO_MAX:]
+
+    def _read_controls(self, e: _EnvReads, p: _paths.Paths) -> None:
+        v = e.get("CONTROLDIR")
         self.controldir: Path = Path(v) if v else p.controldir
         cd = self.controldir
-        v = self.env.get("CERTDIR")
+        v = e.get("CERTDIR")
         self.certdir = Path(v) if v else p.certdir
         try:
             me = control.read_line("me", controldir=cd) or os.uname().nodename
@@ -275,16 +337,15 @@ class Session:
             self.maxcmdlen = control.read_int("maxcmdlen", 0, controldir=cd)
             if self.maxcmdlen <= 0:
                 self.maxcmdlen = DEFAULT_MAXCMDLEN
-            self.databytes = self._env_or_int("DATABYTES", "databytes", 0)
-            self.maxrcpt = self._env_or_int("MAXRECIPIENTS", "maxrecipients", 0)
-            self.tarpitcount = self._env_or_int("TARPITCOUNT", "tarpitcount", 0)
-            self.tarpitdelay = self._env_or_int("TARPITDELAY", "tarpitdelay", 5)
-            self.greetdelay = self._env_or_int("GREETDELAY", "greetdelay", 0)
+            self.databytes = self._env_or_int(e, "DATABYTES", "databytes", 0)
+            self.maxrcpt = self._env_or_int(e, "MAXRECIPIENTS", "maxrecipients", 0)
+            self.tarpitcount = self._env_or_int(e, "TARPITCOUNT", "tarpitcount", 0)
+            self.tarpitdelay = self._env_or_int(e, "TARPITDELAY", "tarpitdelay", 5)
+            self.greetdelay = self._env_or_int(e, "GREETDELAY", "greetdelay", 0)
             self.moreipme = control.read_list("moreipme", controldir=cd) or []
         except control.ControlError as exc:
             raise ControlTrouble(exc.message) from None
         self.rcpthosts = RcptHosts(cd)
-        e = self.env
         self.bmf = AddressList(
             e.get("BADMAILFROM") or "badmailfrom", cd, e.get("BADMAILPATTERNS") or "badmailpatterns"
         )
@@ -302,14 +363,14 @@ class Session:
         self.recipients: Recipients | None = None
         if self.checkrecipient:
             self.chkrcpt = AddressList("chkrcptdomains", cd)
-            sysconfdir = Path(e.get("SYSCONFDIR") or _paths.get().sysconfdir)
+            sysconfdir = Path(e.get("SYSCONFDIR") or p.sysconfdir)
             try:
-                self.recipients = Recipients(cd, sysconfdir, e)
+                self.recipients = Recipients(cd, sysconfdir, self.env)
             except RecipientsTrouble:
                 raise ControlTrouble("recipients") from None
 
-    def _env_or_int(self, env: str, name: str, default: int) -> int:
-        v = self.env.get(env)
+    def _env_or_int(self, e: _EnvReads, env: str, name: str, default: int) -> int:
+        v = e.get(env)
         if v is not None:
             digits = v.strip().lstrip("-")
             num = ""
