@@ -30,7 +30,12 @@ messages):
 * ``inject``: 500 sequential ``sendmail`` runs (ours: the frozen binary's
   ``bin/sendmail``; Postfix: ``/usr/sbin/sendmail`` with MAIL_CONFIG), clock
   stops when the last is in ``new/``.
-* ``idle``: Pss sum of every process of each full system after 10 s idle.
+* ``idle``: Pss sum of every process of each full system 10 s after a
+  short SMTP load (200 messages at c20 to each, so that both have their
+  listener's and delivery processes as a server that just had traffic);
+  ``idle 110 s``: the same 110 s after that load, when Postfix's
+  ``max_idle`` (100 s) has ended its idle smtpd, cleanup and delivery
+  processes and ours have retired their idle workers too.
 
 During each run the Pss of both process trees (ours: svscan and all its
 descendants; Postfix: master and its children) is sampled every 0.5 s
@@ -553,6 +558,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     ap.add_argument("--json", type=Path, default=None, help="where to write the JSON results")
     ap.add_argument("--idle", type=float, default=10.0, help="seconds idle before `idle`")
+    ap.add_argument(
+        "--long-idle",
+        type=float,
+        default=None,
+        help="seconds after the load for a second idle reading, once Postfix's"
+        " max_idle (100 s) has ended its idle smtpd/cleanup/delivery processes"
+        " (default 110; --quick: 0 = none)",
+    )
     ap.add_argument("--rebuild", action="store_true", help="rebuild the frozen binary first")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     ap.add_argument(
@@ -575,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     n_smtp = 100 if args.quick else 2000
     n_inject = 50 if args.quick else 500
+    n_idle_load = 20 if args.quick else 200
+    long_idle = args.long_idle if args.long_idle is not None else (0.0 if args.quick else 110.0)
     timeout = 120 if args.quick else 600
     scenarios = [
         ("smtp-local c1", n_smtp),
@@ -647,22 +662,23 @@ def main(argv: list[str] | None = None) -> int:
                     "postfix_cpu_ms": statistics.median(cpu["postfix"]),
                 }
             )
+        # "idle" is each full system 10 s after load.  The last scenario
+        # (inject) reaches neither smtpd, and how long ago the SMTP
+        # scenarios ended depends on the machine's speed: past Postfix's
+        # max_idle (100 s) its smtpd and cleanup processes are gone, before
+        # it they are not.  So both get the same short SMTP load first.
+        for s in systems:
+            one_run(s, "smtp-local c20", n_idle_load, sink, timeout)
         for s in systems:
             settle(s)
+        loaded = time.monotonic()
         log(f"idle {args.idle:.0f} s")
         time.sleep(args.idle)
-        (okb, on), (pkb, pn) = tree_pss(ours.root_pid()), tree_pss(pf.root_pid())
-        results["rows"].append(
-            {
-                "scenario": "idle",
-                "ours_pss_kb": okb,
-                "ours_processes": on,
-                "postfix_pss_kb": pkb,
-                "postfix_processes": pn,
-                "ratio": okb / pkb if pkb else 0.0,
-                "ours_peak_pss_kb": okb,
-            }
-        )
+        results["rows"].append(idle_row("idle", ours, pf))
+        if long_idle > 0:
+            log(f"idle until {long_idle:.0f} s after the load")
+            time.sleep(max(0.0, loaded + long_idle - time.monotonic()))
+            results["rows"].append(idle_row("idle-long", ours, pf, long_idle))
     finally:
         for thing in (ours, pf, sink):
             if thing is not None:
@@ -689,6 +705,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def idle_row(name: str, ours, pf, after: float | None = None) -> dict:
+    (okb, on), (pkb, pn) = tree_pss(ours.root_pid()), tree_pss(pf.root_pid())
+    return {
+        "scenario": name,
+        "after_s": after,
+        "ours_pss_kb": okb,
+        "ours_processes": on,
+        "postfix_pss_kb": pkb,
+        "postfix_processes": pn,
+        "ratio": okb / pkb if pkb else 0.0,
+        "ours_peak_pss_kb": okb,
+    }
+
+
 def _median_or_none(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -708,9 +738,12 @@ def format_table(results: dict) -> str:
     )
     lines = [f"(our queues: {results['queues']}; CPUs: {results['cpus']})", head, "-" * len(head)]
     for r in results["rows"]:
-        if r["scenario"] == "idle":
+        if r["scenario"].startswith("idle"):
+            label = "idle (Pss MB)"
+            if r["scenario"] != "idle":
+                label = f"idle {r['after_s']:.0f} s (Pss)"
             lines.append(
-                f"{'idle (Pss MB)':16s} {r['ours_pss_kb'] / 1024:>8.1f} MB"
+                f"{label:16s} {r['ours_pss_kb'] / 1024:>8.1f} MB"
                 f" {r['postfix_pss_kb'] / 1024:>11.1f} MB"
                 f" {r['ratio']:>6.2f} {r['ours_peak_pss_kb'] / 1024:>10.1f} MB"
                 f"   ({r['ours_processes']} vs {r['postfix_processes']} processes)"
