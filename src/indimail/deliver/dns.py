@@ -18,6 +18,7 @@ a list of servers separated by blanks or commas, each ``ip``, ``ip:port``
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -118,6 +119,7 @@ def to_ascii(domain: str) -> str:
         raise DnsHard(f"invalid internationalized domain name {domain!r}") from None
 
 
+@functools.lru_cache(maxsize=256)  # a pure function, asked before every remote delivery
 def ip_literal(host: str) -> str | None:
     """The address of an IP-literal host, or None."""
     h = host

@@ -1200,7 +1200,7 @@ class Remote:
                 self.host = relay
         if relay is None:
             self.use_auth = None
-        self.tcpto = _tcpto.Table(_tcpto.default_file(self.env))
+        self.tcpto = _tcpto.Table(_tcpto.default_path(self.env))
         self.read_message()
         try:
             literal = _dns.ip_literal(relay) if relay is not None else None
@@ -1285,10 +1285,12 @@ class Remote:
         i = 0
         while i < len(ips):
             ix = ips[i]
+            # a connection kept for ix is used first: it answered just now,
+            # whatever the timeout table says of the address
+            self.reuse(ix)  # returns only when a new connection is needed
             if self.flagtcpto and self.tcpto and self.tcpto.is_timed_out(ix.ip, self.min_penalty):
                 i += 1
                 continue
-            self.reuse(ix)  # returns only when a new connection is needed
             tried.append(ix.ip)
             connected = False
             failed_errno = 0

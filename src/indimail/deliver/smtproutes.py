@@ -137,8 +137,22 @@ def lookup(
             if value is not None:
                 if value == "":
                     return None
-                return parse_value(value)
+                return _parsed(value)
     return None
+
+
+_ROUTES: dict[str, Route] = {}
+
+
+def _parsed(value: str) -> Route:
+    """:func:`parse_value`, kept per value (a worker delivers message after
+    message on the same routes; callers only read a Route)."""
+    route = _ROUTES.get(value)
+    if route is None:
+        if len(_ROUTES) >= 1024:
+            _ROUTES.clear()
+        route = _ROUTES[value] = parse_value(value)
+    return route
 
 
 def parse_envstr(envstr: str) -> dict[str, str | None]:

@@ -23,6 +23,7 @@ DIR`` on stdout before each queue).
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import os
 import socket
@@ -44,10 +45,16 @@ EXTRA_QUEUES = ("nqueue", "slowq", "qmta")
 
 def default_file(environ: dict[str, str] | None = None) -> Path:
     """``$QUEUEDIR/lock/tcpto``, else ``queue/lock/tcpto`` (relative, as qmail)."""
+    return Path(default_path(environ))
+
+
+def default_path(environ: dict[str, str] | None = None) -> str:
+    """:func:`default_file` as a string (qmail-remote: no Path per delivery)."""
     env = os.environ if environ is None else environ
-    return Path(env.get("QUEUEDIR") or "queue") / "lock" / "tcpto"
+    return os.path.join(env.get("QUEUEDIR") or "queue", "lock", "tcpto")
 
 
+@functools.lru_cache(maxsize=256)
 def _family_and_bytes(ip: str) -> tuple[int, bytes]:
     addr = ipaddress.ip_address(ip)
     if addr.version == 4:
@@ -75,7 +82,7 @@ class Table:
     defer mail)."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)
         self.flag_was_there = False
 
     def _open(self) -> tuple[int, bytearray] | None:

@@ -197,3 +197,45 @@ def test_a_connection_carries_at_most_reuse_count_messages(tmp_path, monkeypatch
         server.stop()
     assert server.errors == []
     assert server.received == server.expected()
+
+
+def test_a_kept_connection_goes_on_though_the_timeout_table_marks_its_address(
+    tmp_path,
+) -> None:
+    """Another delivery's failures may mark the address in lock/tcpto while a
+    worker holds a live connection to it: the kept connection carries the
+    next message (it just answered), and the table is read only when a new
+    connection is needed."""
+    import sys
+    from pathlib import Path
+
+    from indimail.deliver import tcpto
+
+    sys.path.insert(0, str(Path(__file__).parent / "remote_cases"))
+    from remote_harness import ScriptedServer, base_env, run_remote, transaction
+
+    hello = [("S", "220 mx"), ("C", "EHLO helo.example.test"), ("S", "250 mx")]
+    one = transaction()
+    server = ScriptedServer("127.0.0.2", [hello + one + one + [("C", "QUIT")]]).start()
+    env = base_env(tmp_path)
+    qdir = tmp_path / "queue"
+    (qdir / "lock").mkdir(parents=True)
+    (qdir / "lock" / "tcpto").write_bytes(bytes(2048))
+    env["QUEUEDIR"] = str(qdir)
+    (Path(env["CONTROLDIR"]) / "smtproutes").write_text(f"example.test:127.0.0.2:{server.port}\n")
+    argv = ["qmail-remote", "example.test", "from@example.org", "", "6", "to@example.test"]
+    cache = qr.ConnCache()
+    cache.enable({"SMTP_REUSE": "30"})
+    try:
+        assert b"accepted message" in run_remote(argv, b"one\n", env, tmp_path, cache)[1]
+        table = tcpto.Table(qdir / "lock" / "tcpto")
+        now = time.time()
+        table.record("127.0.0.2", True, now=now - 300)  # two failures, beyond the tolerance
+        table.record("127.0.0.2", True, now=now)
+        assert table.is_timed_out("127.0.0.2")
+        assert b"accepted message" in run_remote(argv, b"two\n", env, tmp_path, cache)[1]
+        cache.expire()
+    finally:
+        server.stop()
+    assert server.errors == []
+    assert server.received == server.expected()
