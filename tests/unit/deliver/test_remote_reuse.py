@@ -4,7 +4,9 @@ it is closed, and that it says QUIT when it goes."""
 from __future__ import annotations
 
 import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -170,28 +172,39 @@ def test_other_tls_settings_do_not_take_the_kept_connection(pair) -> None:
     assert auth.key is None and cache.kept is kept  # AUTH sessions are never shared
 
 
+HELLO = [("S", "220 mx"), ("C", "EHLO helo.example.test"), ("S", "250 mx")]
+ARGV = ["qmail-remote", "example.test", "from@example.org", "", "6", "to@example.test"]
+
+
+def _harness():
+    sys.path.insert(0, str(Path(__file__).parent / "remote_cases"))
+    import remote_harness
+
+    return remote_harness
+
+
+def _routed(tmp_path, scripts) -> tuple[object, dict[str, str], qr.ConnCache]:
+    """A scripted server that smtproutes sends example.test to, and a
+    worker's cache that keeps connections."""
+    h = _harness()
+    server = h.ScriptedServer("127.0.0.2", scripts).start()
+    env = h.base_env(tmp_path)
+    (Path(env["CONTROLDIR"]) / "smtproutes").write_text(f"example.test:127.0.0.2:{server.port}\n")
+    cache = qr.ConnCache()
+    cache.enable({"SMTP_REUSE": "30"})
+    return server, env, cache
+
+
 def test_a_connection_carries_at_most_reuse_count_messages(tmp_path, monkeypatch) -> None:
     """The count survives from one delivery to the next: with REUSE_COUNT 2
     the third message goes on a new connection, the full one got QUIT."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent / "remote_cases"))
-    from remote_harness import ScriptedServer, base_env, run_remote, transaction
-
+    h = _harness()
     monkeypatch.setattr(qr, "REUSE_COUNT", 2)
-    hello = [("S", "220 mx"), ("C", "EHLO helo.example.test"), ("S", "250 mx")]
-    one = transaction()
-    quit_ = [("C", "QUIT")]
-    server = ScriptedServer("127.0.0.2", [hello + one + one + quit_, hello + one + quit_]).start()
-    env = base_env(tmp_path)
-    (Path(env["CONTROLDIR"]) / "smtproutes").write_text(f"example.test:127.0.0.2:{server.port}\n")
-    argv = ["qmail-remote", "example.test", "from@example.org", "", "6", "to@example.test"]
-    cache = qr.ConnCache()
-    cache.enable({"SMTP_REUSE": "30"})
+    one, quit_ = h.transaction(), [("C", "QUIT")]
+    server, env, cache = _routed(tmp_path, [HELLO + one + one + quit_, HELLO + one + quit_])
     try:
         for _ in range(3):
-            assert b"accepted message" in run_remote(argv, b"hello\n", env, tmp_path, cache)[1]
+            assert b"accepted message" in h.run_remote(ARGV, b"hello\n", env, tmp_path, cache)[1]
         cache.expire()
     finally:
         server.stop()
@@ -206,34 +219,23 @@ def test_a_kept_connection_goes_on_though_the_timeout_table_marks_its_address(
     worker holds a live connection to it: the kept connection carries the
     next message (it just answered), and the table is read only when a new
     connection is needed."""
-    import sys
-    from pathlib import Path
-
     from indimail.deliver import tcpto
 
-    sys.path.insert(0, str(Path(__file__).parent / "remote_cases"))
-    from remote_harness import ScriptedServer, base_env, run_remote, transaction
-
-    hello = [("S", "220 mx"), ("C", "EHLO helo.example.test"), ("S", "250 mx")]
-    one = transaction()
-    server = ScriptedServer("127.0.0.2", [hello + one + one + [("C", "QUIT")]]).start()
-    env = base_env(tmp_path)
+    h = _harness()
+    one = h.transaction()
+    server, env, cache = _routed(tmp_path, [HELLO + one + one + [("C", "QUIT")]])
     qdir = tmp_path / "queue"
     (qdir / "lock").mkdir(parents=True)
     (qdir / "lock" / "tcpto").write_bytes(bytes(2048))
     env["QUEUEDIR"] = str(qdir)
-    (Path(env["CONTROLDIR"]) / "smtproutes").write_text(f"example.test:127.0.0.2:{server.port}\n")
-    argv = ["qmail-remote", "example.test", "from@example.org", "", "6", "to@example.test"]
-    cache = qr.ConnCache()
-    cache.enable({"SMTP_REUSE": "30"})
     try:
-        assert b"accepted message" in run_remote(argv, b"one\n", env, tmp_path, cache)[1]
+        assert b"accepted message" in h.run_remote(ARGV, b"one\n", env, tmp_path, cache)[1]
         table = tcpto.Table(qdir / "lock" / "tcpto")
         now = time.time()
         table.record("127.0.0.2", True, now=now - 300)  # two failures, beyond the tolerance
         table.record("127.0.0.2", True, now=now)
         assert table.is_timed_out("127.0.0.2")
-        assert b"accepted message" in run_remote(argv, b"two\n", env, tmp_path, cache)[1]
+        assert b"accepted message" in h.run_remote(ARGV, b"two\n", env, tmp_path, cache)[1]
         cache.expire()
     finally:
         server.stop()

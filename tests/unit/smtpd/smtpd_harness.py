@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from indimail.smtpd import qmail_smtpd, smtpd_io
 from support import make_checkpw  # noqa: F401 - used by the dialogue tests
 
 INDIMAIL = Path(sys.executable).parent / "indimail"
@@ -151,3 +152,24 @@ def control_file(path: Path, controldir: Path) -> None:
             cdb.make_from_pairs(target, str(target) + ".tmp", [(x, b"") for x in keys])
             continue
         target.write_text(v.replace("\\n", "\n") + "\n" if v else "")
+
+
+class FakeConn(smtpd_io.Conn):
+    """A connection for a Session run in-process: the client's bytes in
+    chunks, what the server sent, and the largest input buffer seen."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.sent = bytearray()
+        self.session: qmail_smtpd.Session | None = None
+        self.max_buffered = 0
+
+    def recv(self, n: int) -> bytes:
+        if self.session is not None and hasattr(self.session, "input"):
+            self.max_buffered = max(self.max_buffered, len(self.session.input.buf))
+        if not self.chunks:
+            raise smtpd_io.ConnClosed("client dropped connection")
+        return self.chunks.pop(0)[:n]
+
+    def send(self, data: bytes) -> None:
+        self.sent += data

@@ -6,24 +6,11 @@ unchanged, so an admin's edit still counts from the next connection."""
 from __future__ import annotations
 
 import pytest
+from smtpd_harness import FakeConn
 
 from indimail.core import control, paths
-from indimail.smtpd import qmail_smtpd, smtpd_io
+from indimail.smtpd import qmail_smtpd
 from support import make_instance
-
-
-class Conn(smtpd_io.Conn):
-    def __init__(self, data: bytes) -> None:
-        self.chunks = [data]
-        self.sent = bytearray()
-
-    def recv(self, n: int) -> bytes:
-        if not self.chunks:
-            raise smtpd_io.ConnClosed("client dropped connection")
-        return self.chunks.pop(0)[:n]
-
-    def send(self, data: bytes) -> None:
-        self.sent += data
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +43,7 @@ def setup(instance, monkeypatch):
 
 
 def session(env: dict[str, str], script: bytes = b"QUIT\r\n") -> tuple[qmail_smtpd.Session, str]:
-    conn = Conn(script)
+    conn = FakeConn([script])
     s = qmail_smtpd.Session(["qmail-smtpd"], env, conn, log=[].append)
     with control.session():  # as tcpserver runs each pooled session
         s.run()

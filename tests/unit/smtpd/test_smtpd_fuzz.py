@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from smtpd_harness import FakeConn
 
 from indimail.core import paths
 from indimail.smtpd import qmail_smtpd, smtpd_io
@@ -21,24 +22,6 @@ from support import make_instance
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 REPLY = re.compile(rb"\d{3}[ -][^\r\n]*\r\n")
-
-
-class FakeConn(smtpd_io.Conn):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = list(chunks)
-        self.sent = bytearray()
-        self.session: qmail_smtpd.Session | None = None
-        self.max_buffered = 0
-
-    def recv(self, n: int) -> bytes:
-        if self.session is not None and hasattr(self.session, "input"):
-            self.max_buffered = max(self.max_buffered, len(self.session.input.buf))
-        if not self.chunks:
-            raise smtpd_io.ConnClosed("client dropped connection")
-        return self.chunks.pop(0)[:n]
-
-    def send(self, data: bytes) -> None:
-        self.sent += data
 
 
 @pytest.fixture(scope="module")
