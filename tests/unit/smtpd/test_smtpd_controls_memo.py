@@ -100,3 +100,16 @@ def test_a_file_changed_within_the_racy_window_is_read_every_time(setup, monkeyp
     session(env)
     session(env)
     assert reads[0] == 2
+
+
+def test_every_setting_read_is_kept(setup) -> None:
+    """What _read_controls sets is what a reused session gets: a setting
+    added there but not to CONTROL_ATTRS would be missing from reused
+    sessions (AttributeError) or stale."""
+    _inst, env, _reads = setup
+    s = qmail_smtpd.Session(["qmail-smtpd"], env, FakeConn([b""]), log=[].append)
+    before = dict(s.__dict__)
+    with control.session():
+        s._read_controls(qmail_smtpd._EnvReads(env), paths.get())
+    changed = {k for k, v in s.__dict__.items() if k not in before or before[k] is not v}
+    assert changed and changed <= set(qmail_smtpd.Session.CONTROL_ATTRS), changed
