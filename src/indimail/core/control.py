@@ -112,8 +112,7 @@ def _known_absent(spath: str) -> tuple[bool, tuple[int, int, int, int, int] | No
     dirs = _session_dirs
     if dirs is None:
         return False, None
-    head = spath.rpartition("/")[0]  # os.path.dirname, without its overhead
-    directory = head or ("/" if spath.startswith("/") else ".")
+    directory = _dir_of(spath)
     if directory in dirs:
         dkey = dirs[directory]
     else:  # the directory's one stat of this session
@@ -127,9 +126,19 @@ def _known_absent(spath: str) -> tuple[bool, tuple[int, int, int, int, int] | No
     return False, dkey
 
 
+def _dir_of(spath: str) -> str:
+    head = spath.rpartition("/")[0]  # os.path.dirname, without its overhead
+    return head or ("/" if spath.startswith("/") else ".")
+
+
 def _note_absent(spath: str, dkey: tuple[int, int, int, int, int] | None) -> None:
-    if dkey is not None and not os.path.islink(spath):
+    """``spath`` was just found missing: remember it under its directory's
+    key, and record that for :class:`reads` (a dangling symlink neither)."""
+    if dkey is not None and os.path.islink(spath):
+        dkey = None
+    if dkey is not None:
         _absent[spath] = dkey
+    _dep_absent(spath, dkey)
 
 
 # What the control reads of a computation depended on (:class:`reads`):
@@ -148,8 +157,7 @@ def _dep_file(spath: str, key: tuple[int, int, int, int, int] | None) -> None:
 
 def _dep_absent(spath: str, dkey: tuple[int, int, int, int, int] | None) -> None:
     if _deps is not None:
-        head = spath.rpartition("/")[0]
-        _deps[("d", head or ("/" if spath.startswith("/") else "."))] = dkey
+        _deps[("d", _dir_of(spath))] = dkey
 
 
 class reads:  # lower case: used as ``with control.reads() as deps:``
@@ -196,7 +204,6 @@ def _lookup(name: str, controldir: Path | None) -> tuple[bytes, dict | None] | N
     except FileNotFoundError:
         _cache.pop(spath, None)
         _note_absent(spath, dkey)
-        _dep_absent(spath, dkey if not os.path.islink(spath) else None)
         return None
     except OSError:
         st = None  # open() below reports it
@@ -354,7 +361,6 @@ def exists(name: str, *, controldir: Path | None = None) -> bool:
         st = os.stat(spath)
     except FileNotFoundError:
         _note_absent(spath, dkey)
-        _dep_absent(spath, dkey if not os.path.islink(spath) else None)
         return False
     except NotADirectoryError:
         _dep_file(spath, None)

@@ -284,10 +284,15 @@ class Conn:
         self.tls = False
         self.ssl_err: str | None = None
 
+    def _arm(self) -> None:
+        """The socket's timeout as ``self.timeout`` says (settimeout is a
+        system call: only when it changed)."""
+        if self.sock.gettimeout() != self.timeout:
+            self.sock.settimeout(self.timeout)
+
     def send(self, data: bytes) -> None:
         try:
-            if self.sock.gettimeout() != self.timeout:  # a system call: only on change
-                self.sock.settimeout(self.timeout)
+            self._arm()
             self.sock.sendall(data)
         except ssl.SSLError as exc:
             self.ssl_err = exc.reason or str(exc)
@@ -305,8 +310,7 @@ class Conn:
             if len(self.buf) > MAX_REPLY_LINE:
                 raise _Overlong()
             try:
-                if self.sock.gettimeout() != self.timeout:
-                    self.sock.settimeout(self.timeout)
+                self._arm()
                 data = self.sock.recv(4096)
             except ssl.SSLError as exc:
                 self.ssl_err = exc.reason or str(exc)

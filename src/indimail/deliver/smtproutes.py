@@ -26,6 +26,7 @@ Lines without ``:`` are ignored.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -141,18 +142,9 @@ def lookup(
     return None
 
 
-_ROUTES: dict[str, Route] = {}
-
-
-def _parsed(value: str) -> Route:
-    """:func:`parse_value`, kept per value (a worker delivers message after
-    message on the same routes; callers only read a Route)."""
-    route = _ROUTES.get(value)
-    if route is None:
-        if len(_ROUTES) >= 1024:
-            _ROUTES.clear()
-        route = _ROUTES[value] = parse_value(value)
-    return route
+# parse_value kept per value: a worker delivers message after message on
+# the same routes, and callers only read a Route.
+_parsed = functools.lru_cache(maxsize=1024)(parse_value)
 
 
 def parse_envstr(envstr: str) -> dict[str, str | None]:

@@ -314,7 +314,7 @@ class Session:
             self._read_controls(e, p)
         if deps and not self.checkrecipient:  # recipients reads more than control files
             values = {name: self.__dict__[name] for name in self.CONTROL_ATTRS}
-            _CONTROLS_MEMO.insert(0, (e.seen, dict(deps), p, values))
+            _CONTROLS_MEMO.insert(0, (e.seen, deps, p, values))
             del _CONTROLS_MEMO[CONTROLS_MEMO_MAX:]
 
     def _read_controls(self, e: _EnvReads, p: _paths.Paths) -> None:
