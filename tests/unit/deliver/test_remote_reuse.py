@@ -3,6 +3,7 @@ it is closed, and that it says QUIT when it goes."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
@@ -183,16 +184,25 @@ def _harness():
     return remote_harness
 
 
-def _routed(tmp_path, scripts) -> tuple[object, dict[str, str], qr.ConnCache]:
-    """A scripted server that smtproutes sends example.test to, and a
-    worker's cache that keeps connections."""
+@contextlib.contextmanager
+def _routed(tmp_path, scripts):
+    """(env, cache) for deliveries to a scripted server that smtproutes
+    sends example.test to, with a worker's cache that keeps connections;
+    at the end the kept connection goes (QUIT), and the server must have
+    seen exactly its scripts."""
     h = _harness()
     server = h.ScriptedServer("127.0.0.2", scripts).start()
     env = h.base_env(tmp_path)
     (Path(env["CONTROLDIR"]) / "smtproutes").write_text(f"example.test:127.0.0.2:{server.port}\n")
     cache = qr.ConnCache()
     cache.enable({"SMTP_REUSE": "30"})
-    return server, env, cache
+    try:
+        yield env, cache
+        cache.expire()
+    finally:
+        server.stop()
+    assert server.errors == []
+    assert server.received == server.expected()
 
 
 def test_a_connection_carries_at_most_reuse_count_messages(tmp_path, monkeypatch) -> None:
@@ -201,15 +211,9 @@ def test_a_connection_carries_at_most_reuse_count_messages(tmp_path, monkeypatch
     h = _harness()
     monkeypatch.setattr(qr, "REUSE_COUNT", 2)
     one, quit_ = h.transaction(), [("C", "QUIT")]
-    server, env, cache = _routed(tmp_path, [HELLO + one + one + quit_, HELLO + one + quit_])
-    try:
+    with _routed(tmp_path, [HELLO + one + one + quit_, HELLO + one + quit_]) as (env, cache):
         for _ in range(3):
             assert b"accepted message" in h.run_remote(ARGV, b"hello\n", env, tmp_path, cache)[1]
-        cache.expire()
-    finally:
-        server.stop()
-    assert server.errors == []
-    assert server.received == server.expected()
 
 
 def test_a_kept_connection_goes_on_though_the_timeout_table_marks_its_address(
@@ -223,12 +227,11 @@ def test_a_kept_connection_goes_on_though_the_timeout_table_marks_its_address(
 
     h = _harness()
     one = h.transaction()
-    server, env, cache = _routed(tmp_path, [HELLO + one + one + [("C", "QUIT")]])
     qdir = tmp_path / "queue"
     (qdir / "lock").mkdir(parents=True)
     (qdir / "lock" / "tcpto").write_bytes(bytes(2048))
-    env["QUEUEDIR"] = str(qdir)
-    try:
+    with _routed(tmp_path, [HELLO + one + one + [("C", "QUIT")]]) as (env, cache):
+        env["QUEUEDIR"] = str(qdir)
         assert b"accepted message" in h.run_remote(ARGV, b"one\n", env, tmp_path, cache)[1]
         table = tcpto.Table(qdir / "lock" / "tcpto")
         now = time.time()
@@ -236,8 +239,3 @@ def test_a_kept_connection_goes_on_though_the_timeout_table_marks_its_address(
         table.record("127.0.0.2", True, now=now)
         assert table.is_timed_out("127.0.0.2")
         assert b"accepted message" in h.run_remote(ARGV, b"two\n", env, tmp_path, cache)[1]
-        cache.expire()
-    finally:
-        server.stop()
-    assert server.errors == []
-    assert server.received == server.expected()
