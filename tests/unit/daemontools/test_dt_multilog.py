@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,46 @@ def test_long_lines_and_last_partial_line(tmp_path: Path, monkeypatch):
     _run(tmp_path, ["-yyy*", "+*", "./main"], long + b"\npartial", monkeypatch)
     # patterns see the first 1000 bytes; the whole line is written
     assert (tmp_path / "main" / "current").read_bytes() == long + b"\npartial\n"
+
+
+def test_lines_across_reads_and_quiet_spells(tmp_path: Path, monkeypatch):
+    # every read lands in the same buffer: a line may span many reads, one
+    # longer than the log dir's buffer grows it for one flush only, and the
+    # buffers' pages given back in a quiet spell (even mid-line) lose nothing
+    monkeypatch.setattr(multilog, "IDLE", 0.02)
+    monkeypatch.setattr(multilog, "OUTSIZE", 4096)
+    released = []
+    real_release = multilog.LogDir.release
+
+    def release(d):
+        released.append(d.end)
+        real_release(d)
+
+    monkeypatch.setattr(multilog.LogDir, "release", release)
+    long = b"z" * 10000
+    chunks = [b"first li", b"ne\nsec", b"ond\n", long[:3000], long[3000:], b"\nlast", b" partial"]
+    monkeypatch.chdir(tmp_path)
+    r, w = os.pipe()
+
+    def feed() -> None:
+        for chunk in chunks:
+            os.write(w, chunk)
+            time.sleep(0.06)
+        os.close(w)
+
+    ml = Multilog(["t", "./main"], {"NOFSYNC": "1"})
+    ml.open()
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        ml.run(r)
+    finally:
+        writer.join()
+        os.close(r)
+    got = (tmp_path / "main" / "current").read_bytes().splitlines()
+    assert [ln.split(b" ", 1)[1] for ln in got] == [b"first line", b"second", long, b"last partial"]
+    assert len(released) >= 5 and not any(released)  # quiet spells, nothing unwritten
+    assert len(ml.dirs[0].buf) == 4096
 
 
 def test_disk_full_waits_and_retries(tmp_path: Path, monkeypatch):
