@@ -134,8 +134,7 @@ class _EnvReads:
         return value
 
     def __contains__(self, name: str) -> bool:
-        value = self.seen[name] = self.env.get(name)
-        return value is not None
+        return self.get(name) is not None
 
 
 # Settings of earlier sessions (Session.controls): (environment reads,
