@@ -102,7 +102,6 @@ class LogDir:
         self.buf = _mapping(OUTSIZE)
         self.view = memoryview(self.buf)
         self.end = 0
-        self.selected = False
         self.fdcurrent = -1
         self.bytes = 0
         self.fddir = -1
@@ -515,11 +514,8 @@ class Multilog:
                         except OSError as exc:
                             _warn(f"unable to write {arg}: {exc.strerror}, pausing")
                         time.sleep(PAUSE)
-            elif kind == "dir":
-                arg.selected = selected  # type: ignore[attr-defined]
-        for d in self.dirs:
-            if d.selected:
-                d.add(full)
+            elif kind == "dir" and selected:
+                arg.add(full)  # type: ignore[attr-defined]
 
     def run(self, infd: int = 0) -> int:
         wake = self._install_signals()
