@@ -230,6 +230,11 @@ def main(argv: list[str]) -> int:
     def on_term(_sig: int, _frame: object) -> None:
         stop.set()
 
+    # a signal must end the wait at once: Python retries an interrupted
+    # select with what is left of its timeout, so the handler alone would
+    # leave svscan's TERM unanswered for up to a second
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -246,8 +251,12 @@ def main(argv: list[str]) -> int:
 
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
     while not stop.is_set():
-        if not sel.select(timeout=1.0):
+        ready = [key.fd for key, _ in sel.select()]
+        if wake_r in ready:
+            _drain(wake_r)
+        if listener.fileno() not in ready or stop.is_set():
             continue
         if not slots.acquire(timeout=1.0):
             continue
@@ -271,6 +280,15 @@ def main(argv: list[str]) -> int:
     except OSError:
         pass
     return 0
+
+
+def _drain(fd: int) -> None:
+    """Empty the signal wake-up pipe (its bytes only say a signal came)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _listen(path: Path, p: _paths.Paths) -> socket.socket:

@@ -210,3 +210,16 @@ def test_client_without_queuedir_gets_one_of_the_queues(door):
     assert code == b"0" and inode.isdigit(), reply
     assert Path(os.fsdecode(queuedir)) in p.queue_dirs()
     assert (Path(os.fsdecode(queuedir)) / "todo" / inode.decode()).is_file()
+
+
+def test_term_while_idle_ends_the_daemon_at_once(door):
+    # svscan's TERM must be answered now, not when a poll timeout runs out
+    # (qmailctl shut waits for the service, and the old loop took up to 1 s)
+    _, _, sock, server = door
+    assert os.path.exists(sock)
+    time.sleep(0.1)  # in its wait for a client
+    start = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    took = time.monotonic() - start
+    assert took < 0.6, f"{took:.2f} s from TERM to exit"
