@@ -287,6 +287,39 @@ def test_sigkill_svscan_then_takeover_without_duplicates(tree: Tree):
     assert wait_for(lambda: current.stat().st_size > size)
 
 
+def group_members(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            if int(data[data.rindex(b")") + 2 :].split()[2]) == pgid:
+                found.append(int(entry))
+    return found
+
+
+def test_term_to_the_process_group_restarts_nothing(tree: Tree):
+    # an init script (or a shell's job control) TERMs svscan's whole group:
+    # the services die of it too, and svscan must not start them again on
+    # its way out (daemontools' supervise, TERMed as well, would not)
+    quiet = make_service(tree.scandir, "quiet", "exec sleep 1002")
+    talk = make_service(
+        tree.scandir, "talk", "exec sh -c 'while :; do echo tick; sleep 0.1; done'", log=True
+    )
+    proc = tree.start(TERMINATE_SESSION="")
+    assert wait_for(lambda: status(quiet)[0] and status(talk)[0] and status(talk / "log")[0])
+    time.sleep(1.5)  # up for over a second: an exit restarts it at once
+    tree.remember()
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    time.sleep(0.5)  # what would have been restarted has started by now
+    left = [pid for pid in group_members(proc.pid) if alive(pid)]
+    assert not left, [_cmdline(pid) for pid in left]
+    assert not status(quiet)[0]
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()

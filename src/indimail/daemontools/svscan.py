@@ -264,6 +264,12 @@ class Scanner:
         if self.shutting_down:
             return
         self.shutting_down = True
+        # nothing is started again from here on: a TERM sent to the whole
+        # process group also ends the services, and their exits (reaped
+        # right after this) must not restart them behind our back, as each
+        # supervise of daemontools would not once it got its own TERM
+        for svc in self.services():
+            svc.flagexit = True
         _say(f"svscan: info: pid: {self.pid}: shutdown in progress...\n")
         unlink_pidfile(self.pidfile, self.pid)
         script = self.sdir / SVSCANLOG / "shutdown"
