@@ -62,7 +62,11 @@ def test_bench_quick(tmp_path: Path) -> None:
         # each system spends CPU on every message it takes (receiving,
         # queueing, delivering): a zero would mean its processes went uncounted
         assert r["ours_cpu_ms"] > 0 and r["postfix_cpu_ms"] > 0, r
-    assert "CPU ms/msg" in table
+        # user time is part of it; ours runs Python code for every message
+        # (Postfix's few ms of user time may all be sampled as system time)
+        assert 0 < r["ours_user_ms"] <= r["ours_cpu_ms"], r
+        assert 0 <= r["postfix_user_ms"] <= r["postfix_cpu_ms"], r
+    assert "CPU ms/msg" in table and "user ms/msg" in table
     assert rows["idle"]["ours_pss_kb"] > 0 and rows["idle"]["postfix_pss_kb"] > 0
     # --queues 2 made two queues: qscheduler runs four processes per queue
     # (qmail-send, qmail-lspawn, qmail-rspawn, qmail-clean) beside svscan,
