@@ -47,16 +47,23 @@ def alive(pid: int) -> bool:
     return data[data.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
-def descendants(pid: int) -> set[int]:
-    tree: dict[int, list[int]] = {}
+def proc_stats() -> dict[int, list[bytes]]:
+    """Each process's /proc/PID/stat fields after its name (state first)."""
+    stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 data = Path(f"/proc/{entry}/stat").read_bytes()
             except OSError:
                 continue
-            ppid = int(data[data.rindex(b")") + 2 :].split()[1])
-            tree.setdefault(ppid, []).append(int(entry))
+            stats[int(entry)] = data[data.rindex(b")") + 2 :].split()
+    return stats
+
+
+def descendants(pid: int) -> set[int]:
+    tree: dict[int, list[int]] = {}
+    for child, fields in proc_stats().items():
+        tree.setdefault(int(fields[1]), []).append(child)
     found, todo = set(), [pid]
     while todo:
         p = todo.pop()
@@ -288,16 +295,7 @@ def test_sigkill_svscan_then_takeover_without_duplicates(tree: Tree):
 
 
 def group_members(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                data = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            if int(data[data.rindex(b")") + 2 :].split()[2]) == pgid:
-                found.append(int(entry))
-    return found
+    return [pid for pid, fields in proc_stats().items() if int(fields[2]) == pgid]
 
 
 def test_term_to_the_process_group_restarts_nothing(tree: Tree):
