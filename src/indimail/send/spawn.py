@@ -184,16 +184,25 @@ class _Poller:
         self._data: dict[int, object] = {}
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._poll = None if self._epoll is not None else select.poll()
+        # what epoll refuses (a regular file, /dev/null: a spawner started by
+        # hand, not by qmail-send); like select(), count it always ready
+        self._ready: set[int] = set()
 
     def register(self, fd: int, data: object) -> None:
         if self._epoll is not None:
-            self._epoll.register(fd, select.EPOLLIN)
+            try:
+                self._epoll.register(fd, select.EPOLLIN)
+            except PermissionError:
+                self._ready.add(fd)
         else:
             self._poll.register(fd, select.POLLIN)
         self._data[fd] = data
 
     def unregister(self, fd: int) -> None:
         del self._data[fd]
+        if fd in self._ready:
+            self._ready.discard(fd)
+            return
         (self._epoll if self._epoll is not None else self._poll).unregister(fd)
 
     def close(self) -> None:
@@ -203,11 +212,14 @@ class _Poller:
     def select(self, timeout: float) -> list[object]:
         """The data of every descriptor ready to read (or at EOF)."""
         if self._epoll is not None:
-            events = self._epoll.poll(timeout)
+            events = self._epoll.poll(0 if self._ready else timeout)
         else:
             events = self._poll.poll(timeout * 1000)
         data = self._data
-        return [data[fd] for fd, _ev in events if fd in data]
+        found = [data[fd] for fd, _ev in events if fd in data]
+        if self._ready:
+            found += [data[fd] for fd in self._ready]
+        return found
 
 
 class Spawner:

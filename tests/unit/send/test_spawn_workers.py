@@ -10,11 +10,13 @@ import os
 import select
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from indimail.queue.layout import Layout
 from indimail.send import spawn
+from support import make_instance
 
 
 class _Child:
@@ -283,3 +285,21 @@ def test_local_child_account_keys(tmp_path, monkeypatch):
     assert child.worker_key(req(None)) is None and not child.reusable(req(None))
     child.account = (4321, 100)  # as become() leaves a worker of another account
     assert child(req(alice), 0) == 127
+
+
+@pytest.mark.parametrize("command", ["qmail-lspawn", "qmail-rspawn"])
+@pytest.mark.parametrize("stdin", ["/dev/null", "file"])
+def test_started_by_hand_without_qmail_send(tmp_path, command, stdin):
+    # an admin trying a spawner by hand: its input is not qmail-send's pipe
+    # but a file or /dev/null, which epoll refuses; like the original's
+    # select() loop it reads EOF and ends, after announcing its concurrency
+    inst = make_instance(tmp_path / "inst")
+    path = "/dev/null"
+    if stdin == "file":
+        path = str(tmp_path / "commands")
+        Path(path).write_bytes(b"not a whole command")
+    with open(path, "rb") as fh:
+        res = inst.run(command, "./Maildir/", stdin=fh, timeout=30)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stderr == b""
+    assert len(res.stdout) == 2 and int.from_bytes(res.stdout, "little") > 0
