@@ -133,10 +133,53 @@ def run(name: str, argv: list[str]) -> int:
             return code
         sys.stderr.write(f"{name}: {code}\n")
         return 100
+    except OutputError as exc:
+        _silence_stdout()
+        sys.stderr.write(f"{name}: unable to write output: {exc.strerror}\n")
+        return internal_code
     except Exception as exc:
         _flush_quietly()
         sys.stderr.write(f"{name}: internal error: {type(exc).__name__}: {exc}\n")
         return internal_code
+
+
+class OutputError(OSError):
+    """Writing the command's standard output failed (a full disk, EIO)."""
+
+
+def _output_raw() -> type:
+    import io
+
+    class Output(io.FileIO):
+        """fd 1 whose write errors say they are output errors: the command
+        then fails with "unable to write output", not an internal error."""
+
+        def write(self, data):  # type: ignore[no-untyped-def]
+            try:
+                return super().write(data)
+            except BrokenPipeError:
+                raise  # the reader went away: handled as such
+            except OSError as exc:
+                raise OutputError(exc.errno, exc.strerror) from None
+
+    return Output
+
+
+def _wrap_stdout() -> None:
+    """Put fd 1 under ``sys.stdout`` (and its ``buffer``) again through
+    :func:`_output_raw`, with the encoding Python chose for it."""
+    import io
+
+    old = sys.stdout
+    try:
+        if old is None or old.fileno() != 1:
+            return
+    except (AttributeError, OSError, ValueError):  # replaced (a test's capture)
+        return
+    buf = io.BufferedWriter(_output_raw()(1, "w", closefd=False))
+    sys.stdout = io.TextIOWrapper(
+        buf, encoding=old.encoding, errors=old.errors, line_buffering=old.line_buffering
+    )
 
 
 def _flush_quietly() -> None:
@@ -146,13 +189,58 @@ def _flush_quietly() -> None:
         _silence_stdout()
 
 
+def _output_trouble() -> str | None:
+    """Flush stdout; why that failed (stdout then silenced), else None.
+
+    A reader that went away is no trouble (qmail-qread | head)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except OSError as exc:
+        _silence_stdout()
+        return exc.strerror or str(exc)
+    except Exception:
+        _silence_stdout()
+    return None
+
+
+def _finish(name: str, code: int) -> int:
+    """The exit code once the output is out: output that could not be
+    written fails the command, as the original's "unable to write output"."""
+    trouble = _output_trouble()
+    if trouble is None:
+        return code
+    sys.stderr.write(f"{name}: unable to write output: {trouble}\n")
+    return code or EXIT_TEMP
+
+
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, 1)
         os.close(devnull)
     except OSError:
         pass
+
+
+def _standard_fds() -> None:
+    """Open /dev/null on whichever of fds 0, 1, 2 was closed at start, as
+    Postfix's commands do: else the next file or socket opened (a queue
+    file) would become stdin, stdout or stderr.  Python has left
+    ``sys.stdin``/``stdout``/``stderr`` None for such an fd."""
+    for fd, attr, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, attr) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        errors = "backslashreplace" if fd == 2 else None
+        setattr(sys, attr, open(fd, mode, closefd=False, errors=errors))  # noqa: SIM115
 
 
 def _fast_exit(code: int) -> None:
@@ -188,12 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     entry = argv is None
     if argv is None:
         argv = sys.argv
+        if sys.stdin is None or sys.stdout is None or sys.stderr is None:
+            _standard_fds()
     name = os.path.basename(argv[0]) if argv else "indimail"
+    if entry:
+        command = name if name in COMMANDS or len(argv) < 2 else argv[1]
+        if command not in FAST_EXIT:  # those run per message, writing little
+            _wrap_stdout()
     if name in COMMANDS:
         code = run(name, argv)
         if entry and name in FAST_EXIT:
-            _flush_quietly()
-            _fast_exit(code)
+            _fast_exit(_finish(name, code))
     elif len(argv) < 2:
         sys.stderr.write(_usage() + "\n")
         code = 100
@@ -204,12 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_usage() + "\n")
         code = 0
     else:
-        code = run(argv[1], argv[1:])
-        if entry and argv[1] in FAST_EXIT:
-            _flush_quietly()
-            _fast_exit(code)
-    _flush_quietly()
-    return code
+        name = argv[1]
+        code = run(name, argv[1:])
+        if entry and name in FAST_EXIT:
+            _fast_exit(_finish(name, code))
+    return _finish(name, code)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,73 @@ def test_internal_error_is_one_line(monkeypatch, capsys):
     assert cli.main(["boom"]) == 81
     err = capsys.readouterr().err
     assert err == "boom: internal error: ZeroDivisionError: division by zero\n"
+
+
+def _closing(*fds: int):
+    """preexec_fn: start the command with these fds closed."""
+
+    def close() -> None:
+        import os
+
+        for fd in fds:
+            os.close(fd)
+
+    return close
+
+
+def test_closed_stdout_and_stderr_are_dev_null():
+    # started with fd 1 (and 2) closed, as from some init scripts: Python
+    # leaves sys.stdout None; the command must neither crash on it nor let
+    # the next file it opens become its stdout
+    for fds in ((1,), (1, 2)):
+        res = subprocess.run(
+            [str(INDIMAIL), "--list"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if 2 not in fds else subprocess.DEVNULL,
+            preexec_fn=_closing(*fds),
+            timeout=60,
+        )
+        assert res.returncode == 0, (fds, res.stderr)
+        assert not res.stderr, res.stderr
+
+
+def test_closed_stdin_reads_as_empty(tmp_path):
+    # qmail-lspawn reads qmail-send's commands from fd 0: closed, it reads
+    # EOF at once and ends after announcing its concurrency
+    from support import make_instance
+
+    inst = make_instance(tmp_path / "inst")
+    res = subprocess.run(
+        [str(inst.bin / "qmail-lspawn"), "./Maildir/"],
+        capture_output=True,
+        env=inst.env(),
+        preexec_fn=_closing(0),
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == b"" and len(res.stdout) == 2
+
+
+def test_output_that_cannot_be_written_fails_the_command(tmp_path):
+    # a full disk under the output: the original says "unable to write
+    # output" and exits 111; so do we, whether the output was still in the
+    # buffer at exit (--list) or written through stdout's buffer (cdbdump)
+    records = b"".join(b"+%d,%d:key%05d->%s\n" % (8, 500, i, b"v" * 500) for i in range(100))
+    cdb = tmp_path / "big.cdb"
+    made = subprocess.run(
+        [str(INDIMAIL), "cdbmake", str(cdb), str(tmp_path / "big.tmp")],
+        input=records + b"\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    for args, stdin, name in (
+        (["--list"], subprocess.DEVNULL, "indimail"),
+        (["cdbdump"], cdb.open("rb"), "cdbdump"),
+    ):
+        with open("/dev/full", "wb") as full:
+            res = subprocess.run(
+                [str(INDIMAIL), *args], stdin=stdin, stdout=full, stderr=subprocess.PIPE, timeout=60
+            )
+        assert res.returncode == 111, res.stderr
+        assert res.stderr == f"{name}: unable to write output: No space left on device\n".encode()
