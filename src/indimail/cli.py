@@ -11,6 +11,7 @@ function named after a colon in the table).
 
 from __future__ import annotations
 
+import io  # loaded with the interpreter (sys.stdout is one): free
 import os
 import sys
 
@@ -147,36 +148,29 @@ class OutputError(OSError):
     """Writing the command's standard output failed (a full disk, EIO)."""
 
 
-def _output_raw() -> type:
-    import io
+class _Output(io.FileIO):
+    """fd 1 whose write errors say they are output errors: the command then
+    fails with "unable to write output", not with an internal error."""
 
-    class Output(io.FileIO):
-        """fd 1 whose write errors say they are output errors: the command
-        then fails with "unable to write output", not an internal error."""
-
-        def write(self, data):  # type: ignore[no-untyped-def]
-            try:
-                return super().write(data)
-            except BrokenPipeError:
-                raise  # the reader went away: handled as such
-            except OSError as exc:
-                raise OutputError(exc.errno, exc.strerror) from None
-
-    return Output
+    def write(self, data):  # type: ignore[no-untyped-def]
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise  # the reader went away: handled as such
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from None
 
 
 def _wrap_stdout() -> None:
-    """Put fd 1 under ``sys.stdout`` (and its ``buffer``) again through
-    :func:`_output_raw`, with the encoding Python chose for it."""
-    import io
-
+    """Put :class:`_Output` under ``sys.stdout`` (and its ``buffer``), with
+    the encoding and buffering Python chose for fd 1."""
     old = sys.stdout
     try:
         if old is None or old.fileno() != 1:
             return
     except (AttributeError, OSError, ValueError):  # replaced (a test's capture)
         return
-    buf = io.BufferedWriter(_output_raw()(1, "w", closefd=False))
+    buf = io.BufferedWriter(_Output(1, "w", closefd=False))
     sys.stdout = io.TextIOWrapper(
         buf, encoding=old.encoding, errors=old.errors, line_buffering=old.line_buffering
     )
