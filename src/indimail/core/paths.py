@@ -168,14 +168,19 @@ def _parent(path: str) -> str:
     return os.path.dirname(path.rstrip("/")) or "/"
 
 
-def _int(values: Mapping[str, str], key: str, default: int, where: str) -> int:
+def _origin(where: Mapping[str, str], key: str) -> str:
+    """Where ``key``'s value came from: "environment" or the paths file."""
+    return where.get(key) or where[""]
+
+
+def _int(values: Mapping[str, str], key: str, default: int, where: Mapping[str, str]) -> int:
     raw = values.get(key)
     if raw is None or raw == "":
         return default
     try:
         return int(raw)
     except ValueError:
-        raise Fatal(111, f"{key}={raw!r} is not a number ({where})") from None
+        raise Fatal(111, f"{key}={raw!r} is not a number ({_origin(where, key)})") from None
 
 
 class _Roles(Record):
@@ -319,15 +324,19 @@ def _values(
             break
         if environ.get("INDIMAIL_PATHS"):
             raise Fatal(111, f"paths file {candidate} (INDIMAIL_PATHS) does not exist")
+    from_env = set()
     for key in KEYS:
         if environ.get(key):
             values[key] = environ[key]
-    where = source or "environment"
+            from_env.add(key)
+    # where a bad value came from: the environment overrides the file
+    where = {key: "environment" for key in from_env}
+    where[""] = source or "built-in defaults"
     prefix = norm_path(values.get("PREFIX") or "/usr")
     sysconfdir = norm_path(values.get("SYSCONFDIR") or "/etc/indimail")
     split = _int(values, "CONFSPLIT", DIRSPLIT, where)
     if split < 1:
-        raise Fatal(111, f"CONFSPLIT={split} must be at least 1 ({where})")
+        raise Fatal(111, f"CONFSPLIT={split} must be at least 1 ({_origin(where, 'CONFSPLIT')})")
 
     def dirs(key: str, default: str) -> str:
         return norm_path(values.get(key) or default)

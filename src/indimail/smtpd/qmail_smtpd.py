@@ -29,6 +29,7 @@ from indimail import __version__
 from indimail.core import control
 from indimail.core import paths as _paths
 from indimail.core.dates import date822fmt
+from indimail.core.errors import Fatal
 from indimail.core.spool import Spool
 from indimail.smtpd import smtpd_io
 from indimail.smtpd.recipients import Recipients, RecipientsTrouble
@@ -450,7 +451,10 @@ class Session:
             self.log(f"read error: {exc.why}")
             return 1
         except Exception as exc:  # never a traceback to the peer
-            self.log(f"internal error: {type(exc).__name__}: {exc}")
+            if isinstance(exc, Fatal):  # a setting we cannot use: say which
+                self.log(exc.message)
+            else:
+                self.log(f"internal error: {type(exc).__name__}: {exc}")
             try:
                 self.output.buf.clear()
                 self.reply(R_INTERNAL)

@@ -85,7 +85,18 @@ def test_bad_number(tmp_path):
     f = _file(tmp_path, "QUEUE_COUNT=five\n")
     with pytest.raises(Fatal) as exc:
         paths.load(environ={"INDIMAIL_PATHS": str(f)})
-    assert "QUEUE_COUNT='five' is not a number" in exc.value.message
+    assert exc.value.message == f"QUEUE_COUNT='five' is not a number ({f})"
+
+
+def test_bad_number_names_the_environment_when_it_overrides(tmp_path):
+    # the file is fine; the admin's exported value is what is wrong
+    f = _file(tmp_path, "QUEUE_COUNT=2\nQUEUE_START=1\n")
+    with pytest.raises(Fatal) as exc:
+        paths.load(environ={"INDIMAIL_PATHS": str(f), "QUEUE_COUNT": "abc"})
+    assert exc.value.message == "QUEUE_COUNT='abc' is not a number (environment)"
+    with pytest.raises(Fatal) as exc:
+        paths.load(environ={"INDIMAIL_PATHS": str(f), "QUEUE_START": "x"})
+    assert exc.value.message == "QUEUE_START='x' is not a number (environment)"
 
 
 def test_missing_explicit_file(tmp_path):
