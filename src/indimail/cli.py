@@ -221,15 +221,24 @@ def _silence_stdout() -> None:
 def _standard_fds() -> None:
     """Open /dev/null on whichever of fds 0, 1, 2 was closed at start, as
     Postfix's commands do: else the next file or socket opened (a queue
-    file) would become stdin, stdout or stderr.  Python has left
-    ``sys.stdin``/``stdout``/``stderr`` None for such an fd."""
-    for fd, attr, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+    file) would become stdin, stdout or stderr.  It is opened for the other
+    direction, so reading stdin or writing stdout still fails with EBADF as
+    from a closed fd (the original's "unable to read message" or "unable
+    to write output", never an empty message queued); what goes to stderr
+    is dropped.  Python has left ``sys.stdin``/``stdout``/``stderr`` None
+    for such an fd."""
+    streams = (
+        (0, "stdin", "r", os.O_WRONLY),
+        (1, "stdout", "w", os.O_RDONLY),
+        (2, "stderr", "w", os.O_WRONLY),
+    )
+    for fd, attr, mode, flags in streams:
         if getattr(sys, attr) is not None:
             continue
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
+            null = os.open(os.devnull, flags)
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indimail.core import paths as _paths
-from indimail.core.errors import exit_child
+from indimail.core.errors import Fatal, exit_child
 from indimail.core.proctitle import set_proc_name
 from indimail.queue.layout import Layout
 
@@ -644,6 +644,8 @@ class Spawner:
                         chunk = os.read(self.infd, 65536)
                     except BlockingIOError:
                         continue
+                    except OSError as exc:  # the original's _exit(111)
+                        raise Fatal(111, f"unable to read commands: {exc.strerror}") from None
                     if not chunk:
                         open_input = False
                         self.sel.unregister(self.infd)
