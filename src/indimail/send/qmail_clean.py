@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from indimail.core.errors import Fatal
 from indimail.queue.layout import Layout
 from indimail.send.todo import queue_paths
 
@@ -65,18 +66,30 @@ def serve(layout: Layout, infd: int = 0, outfd: int = 1) -> int:
             chunk = os.read(infd, 4096)
         except InterruptedError:
             continue
+        except OSError as exc:  # not qmail-send's pipe (closed by hand)
+            raise Fatal(111, f"unable to read requests: {exc.strerror}") from None
         if not chunk:
             return 0
         buf += chunk
         while b"\0" in buf:
             request, buf = buf.split(b"\0", 1)
-            os.write(outfd, handle(layout, request))
+            _answer(outfd, handle(layout, request))
             count += 1
             if count % 30 == 0:
                 clean_pid_dir(layout, ossified)
         if len(buf) > 100:
             buf = b""
-            os.write(outfd, b"x")
+            _answer(outfd, b"x")
+
+
+def _answer(outfd: int, data: bytes) -> None:
+    """One answer to qmail-send (a byte or two: one write does it)."""
+    try:
+        os.write(outfd, data)
+    except BrokenPipeError:
+        raise  # qmail-send is gone: the dispatcher ends quietly
+    except OSError as exc:
+        raise Fatal(111, f"unable to write answers: {exc.strerror}") from None
 
 
 def main(argv: list[str]) -> int:

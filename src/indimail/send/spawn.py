@@ -261,6 +261,10 @@ class Spawner:
                 n = os.write(self.outfd, view)
             except InterruptedError:
                 continue
+            except BrokenPipeError:
+                raise  # qmail-send is gone: the dispatcher ends quietly
+            except OSError as exc:  # not qmail-send's pipe (closed by hand)
+                raise Fatal(111, f"unable to write to qmail-send: {exc.strerror}") from None
             view = view[n:]
 
     def start(self, req: Request) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -303,3 +304,30 @@ def test_started_by_hand_without_qmail_send(tmp_path, command, stdin):
     assert res.returncode == 0, res.stderr.decode()
     assert res.stderr == b""
     assert len(res.stdout) == 2 and int.from_bytes(res.stdout, "little") > 0
+
+
+@pytest.mark.parametrize("command", ["qmail-lspawn", "qmail-rspawn", "qmail-clean"])
+def test_pipes_to_qmail_send_that_fail(tmp_path, command):
+    # qmail-send's pipes replaced by hand: fd 0 closed (reads fail) or fd 1
+    # on a full disk (writes fail); each ends with 111 and says which
+    inst = make_instance(tmp_path / "inst")
+    args = [str(inst.bin / command)] + (["./Maildir/"] if "spawn" in command else [])
+    closed = subprocess.run(
+        args,
+        capture_output=True,
+        env=inst.env(),
+        preexec_fn=lambda: os.close(0),
+        timeout=30,
+    )
+    assert closed.returncode == 111, closed.stderr
+    what = "commands" if "spawn" in command else "requests"
+    assert closed.stderr == f"{command}: unable to read {what}: Bad file descriptor\n".encode()
+    if "spawn" not in command:
+        return  # qmail-clean writes only answers to requests
+    with open("/dev/full", "wb") as full:
+        res = subprocess.run(
+            args, stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, env=inst.env()
+        )
+    assert res.returncode == 111
+    why = "unable to write to qmail-send: No space left on device"
+    assert res.stderr == f"{command}: {why}\n".encode()
