@@ -168,19 +168,14 @@ def _parent(path: str) -> str:
     return os.path.dirname(path.rstrip("/")) or "/"
 
 
-def _origin(where: Mapping[str, str], key: str) -> str:
-    """Where ``key``'s value came from: "environment" or the paths file."""
-    return where.get(key) or where[""]
-
-
-def _int(values: Mapping[str, str], key: str, default: int, where: Mapping[str, str]) -> int:
+def _int(values: Mapping[str, str], key: str, default: int, where: str) -> int:
     raw = values.get(key)
     if raw is None or raw == "":
         return default
     try:
         return int(raw)
     except ValueError:
-        raise Fatal(111, f"{key}={raw!r} is not a number ({_origin(where, key)})") from None
+        raise Fatal(111, f"{key}={raw!r} is not a number ({where})") from None
 
 
 class _Roles(Record):
@@ -329,14 +324,16 @@ def _values(
         if environ.get(key):
             values[key] = environ[key]
             from_env.add(key)
-    # where a bad value came from: the environment overrides the file
-    where = {key: "environment" for key in from_env}
-    where[""] = source or "built-in defaults"
+
+    def where(key: str) -> str:
+        """Where a bad value came from: the environment overrides the file."""
+        return "environment" if key in from_env else source or "built-in defaults"
+
     prefix = norm_path(values.get("PREFIX") or "/usr")
     sysconfdir = norm_path(values.get("SYSCONFDIR") or "/etc/indimail")
-    split = _int(values, "CONFSPLIT", DIRSPLIT, where)
+    split = _int(values, "CONFSPLIT", DIRSPLIT, where("CONFSPLIT"))
     if split < 1:
-        raise Fatal(111, f"CONFSPLIT={split} must be at least 1 ({_origin(where, 'CONFSPLIT')})")
+        raise Fatal(111, f"CONFSPLIT={split} must be at least 1 ({where('CONFSPLIT')})")
 
     def dirs(key: str, default: str) -> str:
         return norm_path(values.get(key) or default)
@@ -354,13 +351,13 @@ def _values(
         "logdir": dirs("LOGDIR", "/var/log/svc"),
         "rundir": dirs("RUNDIR", "/run"),
         "queue_base_env": norm_path(values.get("QUEUE_BASE") or ""),
-        "queue_count": _int(values, "QUEUE_COUNT", 5, where),
-        "queue_start": _int(values, "QUEUE_START", 1, where),
+        "queue_count": _int(values, "QUEUE_COUNT", 5, where("QUEUE_COUNT")),
+        "queue_start": _int(values, "QUEUE_START", 1, where("QUEUE_START")),
         "assigndir": dirs("ASSIGNDIR", f"{sysconfdir}/users"),
         "certdir": dirs("CERTDIR", f"{sysconfdir}/certs"),
         "plugindir": dirs("PLUGINDIR", f"{prefix}/lib/indimail/plugins"),
         "conf_split": min(split, DIRSPLIT),
-        "bigtodo": _int(values, "BIGTODO", 0, where),
+        "bigtodo": _int(values, "BIGTODO", 0, where("BIGTODO")),
         "users": {role: values.get(f"USER_{role.upper()}", role) for role in USER_ROLES},
         "groups": {role: values.get(f"GROUP_{role.upper()}", role) for role in GROUP_ROLES},
         "rootless": values.get("ROOTLESS", "") not in ("", "0"),
