@@ -134,9 +134,13 @@ def reverse_name(ip_text: str, proto: str = "") -> str | None:
 
 def port_number(text: str) -> int | None:
     """A TCP port given as digits or as a service name (``smtp``); None
-    when /etc/services does not know the name."""
+    when /etc/services does not know the name or the number is past 65535
+    (ucspi-tcp would silently take it modulo 65536)."""
     if text.isdigit():
-        return int(text)
+        if not text.isascii() or len(text) > 5:
+            return None
+        port = int(text)
+        return port if port <= 65535 else None
     try:
         return socket.getservbyname(text, "tcp")
     except OSError:
