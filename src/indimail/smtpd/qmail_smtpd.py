@@ -852,11 +852,11 @@ class Session:
         j = addr.rfind(b"@")
         if j < 0 or not addr[j + 1 :].startswith(b"[") or not addr.endswith(b"]"):
             return addr
-        ip = addr[j + 2 : -1].decode("latin-1")
-        parts = ip.split(".")
+        literal = addr[j + 2 : -1]
+        parts = literal.split(b".")  # bytes: isdigit() is ASCII digits only
         if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
             return addr
-        if not self._ipme(ip):
+        if not self._ipme(literal.decode("ascii")):
             return addr
         return addr[: j + 1] + self.liphost.encode("utf-8", "surrogateescape")
 
