@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from indimail import cli
 from support import make_instance
 
@@ -135,3 +137,27 @@ def test_output_that_cannot_be_written_fails_the_command(tmp_path):
             )
         assert res.returncode == 111, res.stderr
         assert res.stderr == f"{name}: unable to write output: No space left on device\n".encode()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rblsmtpd", "-t", "\u00b2", "true"],
+        ["tcpclient", "-T", "\u00b2", "127.0.0.1", "25", "true"],
+        ["indimail-instance", "-q", "\u00b2", "/nonexistent/instance"],
+        ["queue-fix", "-b", "\u00b2", "/nonexistent/queue"],
+        ["qmail-queued", "-c", "\u00b2"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_numbers_in_other_digits_are_refused_as_usage(args: list[str]) -> None:
+    # "²" passes str.isdigit() but not int(): refused, naming the option,
+    # as any other bad number is, never an internal error
+    res = subprocess.run(
+        [str(INDIMAIL), *args], capture_output=True, stdin=subprocess.DEVNULL, timeout=30
+    )
+    err = res.stderr.decode()
+    assert res.returncode in (100, 111), err
+    assert err.startswith(f"{args[0]}: "), err
+    assert args[1] in err.splitlines()[0], err  # names the option
+    assert "internal error" not in err and "Traceback" not in err

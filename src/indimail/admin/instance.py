@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
     queues, split, fqdn, force = 5, _paths.DIRSPLIT, None, False
     for opt, val in opts:
         if opt in ("-q", "-s"):
-            if not val.isdigit() or int(val) < 1:
+            if not val.isdecimal() or int(val) < 1:
                 raise UsageError(f"{opt} needs a positive number, got {val!r}")
             if opt == "-q":
                 queues = int(val)

@@ -637,7 +637,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _num(text: str) -> int:
     digits = ""
     for ch in text:
-        if not ch.isdigit():
+        if not ch.isdecimal():
             break
         digits += ch
     return int(digits) if digits else 0

@@ -34,7 +34,7 @@ def become(
         groups += [g for g in os.getgrouplist(pw.pw_name, pw.pw_gid) if g not in groups]
     for name in extra_groups or []:
         try:
-            gid = int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+            gid = int(name) if name.isdecimal() else grp.getgrnam(name).gr_gid
         except KeyError:
             raise Fatal(111, f"unknown group {name}") from None
         if gid not in groups:

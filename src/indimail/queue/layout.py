@@ -97,7 +97,7 @@ class Layout(Record):
             except FileNotFoundError:
                 continue
             for name in names:
-                if name.isdigit():
+                if name.isdecimal():
                     found.append(int(name))
         return found
 

@@ -181,7 +181,7 @@ class QueueReader:
                 names = os.listdir(d)
             except OSError as exc:
                 raise Fatal(111, f"unable to opendir {d}: {exc.strerror}") from None
-            ids = sorted(int(n) for n in names if n.isdigit())
+            ids = sorted(int(n) for n in names if n.isdecimal())
             found += [(d.name if d.name != subdir else "", i) for i in ids]
         return found
 

@@ -213,7 +213,7 @@ def main(argv: list[str]) -> int:
     path = Path(socket_path(p, environ))
     for opt, val in opts:
         if opt == "-c":
-            if not val.isdigit() or int(val) < 1:
+            if not val.isdecimal() or int(val) < 1:
                 raise Fatal(100, f"-c {val}: not a positive number")
             limit = int(val)
         else:

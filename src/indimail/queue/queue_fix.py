@@ -368,7 +368,7 @@ def main(argv: list[str]) -> int:
     kw: dict[str, object] = {}
     qmta = False
     for opt, val in opts:
-        if opt in ("-b", "-s", "-S") and not val.isdigit():
+        if opt in ("-b", "-s", "-S") and not val.isdecimal():
             raise UsageError(f"option {opt} needs a number, got {val!r}\n{usage}")
         if opt == "-b":
             bigtodo = int(val)

@@ -31,7 +31,7 @@ def _databytes(env: dict[str, str]) -> int:
         return control.read_int("databytes", 0)
     digits = ""
     for c in v.strip():
-        if not c.isdigit():
+        if not c.isdecimal():
             break
         digits += c
     return int(digits) if digits else 0

@@ -198,7 +198,7 @@ def _leading_int(v: str) -> int:
     sign = -1 if v.startswith("-") else 1
     digits = ""
     for c in v.lstrip("+-"):
-        if not c.isdigit():
+        if not c.isdecimal():
             break
         digits += c
     return sign * int(digits) if digits else 0
@@ -375,7 +375,7 @@ class Session:
             digits = v.strip().lstrip("-")
             num = ""
             for c in digits:
-                if not c.isdigit():
+                if not c.isdecimal():
                     break
                 num += c
             value = int(num) if num else 0
@@ -479,7 +479,7 @@ class Session:
         shutdown = e.get("SHUTDOWN")
         if shutdown is not None:
             if shutdown:
-                if len(shutdown) >= 3 and shutdown[:3].isdigit():
+                if len(shutdown) >= 3 and shutdown[:3].isascii() and shutdown[:3].isdigit():
                     self.respond(shutdown[:4].ljust(4), shutdown[3:])
                 else:
                     self.respond("421 ")

@@ -77,7 +77,7 @@ class Settings:
 def _number(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     """A decimal setting within [low, high]; anything else means the default."""
     text = environ.get(name, "").strip()
-    if text.isdigit() and low <= int(text) <= high:
+    if text.isdecimal() and low <= int(text) <= high:
         return int(text)
     return default
 

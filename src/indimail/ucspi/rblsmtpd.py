@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
         elif c in "cC":
             rbl.failclosed = c == "c"
         elif c == "t":
-            if not val.isdigit():
+            if not val.isdecimal():
                 raise UsageError(f"-t needs a number of seconds\n{USAGE}")
             timeout = int(val)
         elif c == "r":
@@ -282,9 +282,9 @@ def main(argv: list[str]) -> int:
             rbl.antirbl(val)
         elif c in "wW":
             if c == "w":
-                greetdelay = int(val) if val.isdigit() else 0
+                greetdelay = int(val) if val.isdecimal() else 0
             gd = os.environ.get("GREETDELAY")
-            if gd is not None and gd.isdigit():
+            if gd is not None and gd.isdecimal():
                 greetdelay = int(gd)
             greetdelay = min(greetdelay, MAX_GREETDELAY)
             log(rbl, f"greetdelay: {greetdelay}")

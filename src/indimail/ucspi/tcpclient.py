@@ -157,19 +157,19 @@ def main(argv: list[str]) -> int:
             verbosity = 2
         elif c == "T":
             x, _, y = val.partition("+")
-            if not x.isdigit() or (y and not y.isdigit()):
+            if not x.isdecimal() or (y and not y.isdecimal()):
                 raise UsageError(f"-T needs x+y seconds\n{USAGE}")
             timeouts = (int(x), int(y or 0))
         elif c == "i":
             localip = val
         elif c == "p":
-            if not val.isdigit():
+            if not val.isdecimal():
                 raise UsageError(f"-p needs a port number\n{USAGE}")
             localport = int(val)
         elif c == "l":
             localname = val
         elif c == "t":
-            itimeout = int(val) if val.isdigit() else itimeout
+            itimeout = int(val) if val.isdecimal() else itimeout
         elif c == "e":
             pass
         elif c in TLS_OPTIONS:

@@ -114,7 +114,7 @@ class Options:
 def _num(value: str, what: str) -> int:
     digits = ""
     for ch in value:
-        if not ch.isdigit():
+        if not ch.isdecimal():
             break
         digits += ch
     if not digits:
@@ -135,7 +135,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         if c == "e":
             o.pidfile = val
         elif c == "c":
-            if val.isdigit():
+            if val.isdecimal():
                 o.limit = int(val)
                 o.limitfile = None
             else:
@@ -174,18 +174,18 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         elif c == "T":
             o.dtimeout = _num(val, "-T")
         elif c == "U":
-            if os.environ.get("UID", "").isdigit():
+            if os.environ.get("UID", "").isdecimal():
                 o.uid = int(os.environ["UID"])
-            if os.environ.get("GID", "").isdigit():
+            if os.environ.get("GID", "").isdecimal():
                 o.gid = int(os.environ["GID"])
         elif c == "u":
-            if val.isdigit():
+            if val.isdecimal():
                 o.uid = int(val)
             else:
                 o.user = val
         elif c == "g":
             o.groups = [g for g in val.split(",") if g]
-            if val.isdigit():
+            if val.isdecimal():
                 o.gid = int(val)
         elif c == "1":
             o.print_port = True
@@ -538,7 +538,7 @@ class Server:
             if o.groups and o.gid is None:
                 import grp
 
-                gids = [int(g) if g.isdigit() else grp.getgrnam(g).gr_gid for g in o.groups]
+                gids = [int(g) if g.isdecimal() else grp.getgrnam(g).gr_gid for g in o.groups]
                 if os.getgroups() != gids and os.geteuid() == 0:
                     os.setgroups(gids)
             if o.gid is not None and os.getegid() != o.gid:
@@ -934,8 +934,8 @@ class Child:
 
     def setenv(self, name: str, value: str | None) -> None:
         if name == "MAXPERIP" and value is not None:
-            digits = "".join(c for c in value[:20] if c.isdigit())
-            self.maxperip = int(digits) if value[:1].isdigit() and digits else 0
+            digits = "".join(c for c in value[:20] if c.isdecimal())
+            self.maxperip = int(digits) if value[:1].isdecimal() and digits else 0
         # what os.environ[name] = value does, without its per-call Python
         # layers (about a dozen variables per connection); the mapping is
         # the one the pool's reset mends (pool.environ_data)
