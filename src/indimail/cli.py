@@ -117,7 +117,7 @@ def run(name: str, argv: list[str]) -> int:
         module = sys.modules[module_name]
         return int(getattr(module, func or "main")([name, *argv[1:]]) or 0)
     except Fatal as exc:
-        _flush_quietly()
+        _flush_stdout()
         sys.stderr.write(f"{name}: {exc.message}\n")
         return exc.code
     except KeyboardInterrupt:
@@ -139,7 +139,7 @@ def run(name: str, argv: list[str]) -> int:
         sys.stderr.write(f"{name}: unable to write output: {exc.strerror}\n")
         return internal_code
     except Exception as exc:
-        _flush_quietly()
+        _flush_stdout()
         sys.stderr.write(f"{name}: internal error: {type(exc).__name__}: {exc}\n")
         return internal_code
 
@@ -176,14 +176,7 @@ def _wrap_stdout() -> None:
     )
 
 
-def _flush_quietly() -> None:
-    try:
-        sys.stdout.flush()
-    except Exception:
-        _silence_stdout()
-
-
-def _output_trouble() -> str | None:
+def _flush_stdout() -> str | None:
     """Flush stdout; why that failed (stdout then silenced), else None.
 
     A reader that went away is no trouble (qmail-qread | head)."""
@@ -202,7 +195,7 @@ def _output_trouble() -> str | None:
 def _finish(name: str, code: int) -> int:
     """The exit code once the output is out: output that could not be
     written fails the command, as the original's "unable to write output"."""
-    trouble = _output_trouble()
+    trouble = _flush_stdout()
     if trouble is None:
         return code
     sys.stderr.write(f"{name}: unable to write output: {trouble}\n")
